@@ -1,0 +1,17 @@
+"""LUT kernels behind one dispatch function each.
+
+``backend=None`` picks Triton for CUDA tensors when Triton imports, and the PyTorch reference otherwise.
+``backend="triton"`` forces Triton (tests use it on CPU under ``TRITON_INTERPRET=1``); ``backend="torch"``
+forces the reference. No global backend state: the choice is per call.
+"""
+from __future__ import annotations
+
+from .packing import SUPPORTED_BITS, pack_codes, packed_len, unpack_codes
+from .reference import dequant_ref, lut_grad_ref, lut_matmul_ref
+from .dispatch import lut_dequant, lut_grad, lut_matmul, triton_available
+
+__all__ = [
+    "SUPPORTED_BITS", "pack_codes", "packed_len", "unpack_codes",
+    "dequant_ref", "lut_grad_ref", "lut_matmul_ref",
+    "lut_dequant", "lut_grad", "lut_matmul", "triton_available",
+]

@@ -1,0 +1,55 @@
+"""Triton dequantisation: ``W[i, j] = lut[i, j // n, code[i, j]]`` written out densely.
+
+Used where a dense ``W_hat`` is wanted anyway (large token counts, where cuBLAS on a materialised weight
+beats any fused kernel, and export). Codes are unpacked in registers; the LUT is gathered by pointer
+arithmetic, so each (row, group) table stays hot in L1.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import check_codes, check_out, interpreting, load_codes
+
+
+@triton.jit
+def _dequant_kernel(
+    lut_ptr, codes_ptr, out_ptr,
+    rows, cols, n, nbytes,
+    s_lr, s_lg, s_ll, s_cr, s_cg, s_cb, s_or, s_oc,
+    BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (r[:, None] < rows) & (c[None, :] < cols)
+    grp = (c // n)[None, :]
+    code = load_codes(codes_ptr, r[:, None], grp, (c % n)[None, :], s_cr, s_cg, s_cb, nbytes, mask, BITS)
+    r64 = r.to(tl.int64)[:, None]
+    w = tl.load(lut_ptr + r64 * s_lr + grp * s_lg + code * s_ll, mask=mask)
+    tl.store(out_ptr + r64 * s_or + c[None, :] * s_oc, w, mask=mask)
+
+
+def _blocks() -> tuple[int, int]:
+    return (64, 128) if interpreting() else (32, 128)
+
+
+def dequant_triton(lut: torch.Tensor, codes: torch.Tensor, bits: int, in_features: int,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense ``W_hat`` ``[rows, in_features]`` in ``lut``'s dtype; ``out`` (any strides) is filled if given."""
+    rows, groups, _ = lut.shape
+    if in_features % groups:
+        raise ValueError(f"in_features={in_features} is not divisible by groups_per_row={groups}")
+    n = in_features // groups
+    nbytes = check_codes(codes, rows, groups, n, bits)
+    out = check_out(out, (rows, in_features), lut.dtype, lut.device)
+    if out.numel() == 0:
+        return out
+    block_r, block_c = _blocks()
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(in_features, block_c))
+    _dequant_kernel[grid](
+        lut, codes, out, rows, in_features, n, nbytes,
+        *lut.stride(), *codes.stride(), *out.stride(),
+        BITS=bits, BLOCK_R=block_r, BLOCK_C=block_c,
+    )
+    return out

@@ -1,0 +1,174 @@
+"""Deterministic Triton LUT gradient: ``grad_lut[i, g, l] = sum of grad_W[i, j]`` over the columns ``j`` of
+group ``g`` whose code is ``l``.
+
+The authors' kernel scatters with float atomics, so two runs differ in the last bits. Here no atomics are
+used: one program owns the output bins of a (row block, group, column split) and reduces its column tiles
+in a fixed order with one-hot masks per code, in fp32. Splits (more parallelism for few rows) write
+separate partial bins that are summed afterwards by an ordinary, deterministic ``torch.sum``.
+
+:func:`lut_grad_from_io_triton` fuses the weight gradient: it forms ``grad_W`` tiles as
+``grad_y^T @ x`` with ``tl.dot`` and bins them in registers, so the dense ``[rows, cols]`` fp32 gradient
+never exists in memory.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import (check_codes, check_out, dot, dot_precision, dot_upcast, interpreting, load_codes,
+                            scratch)
+
+
+@triton.jit
+def _bin_tile(acc, vals, code, LEVELS: tl.constexpr):
+    """Add each row's values into its per-code bins: ``acc[r, l] += sum_c vals[r, c] * (code[r, c] == l)``."""
+    levels = tl.arange(0, LEVELS)
+    onehot = code[:, :, None] == levels[None, None, :]
+    return acc + tl.sum(tl.where(onehot, vals[:, :, None], 0.0), axis=1)
+
+
+@triton.jit
+def _store_bins(out_ptr, acc, r, rmask, pid_g, pid_s, s_os, s_or, s_og, s_ol, LEVELS: tl.constexpr):
+    levels = tl.arange(0, LEVELS)
+    ptr = out_ptr + pid_s * s_os + r.to(tl.int64)[:, None] * s_or + pid_g * s_og + levels[None, :] * s_ol
+    tl.store(ptr, acc, mask=rmask[:, None])
+
+
+@triton.jit
+def _lut_grad_kernel(
+    gw_ptr, codes_ptr, out_ptr,
+    rows, n, nbytes, cols_per_split,
+    s_gr, s_gc, s_cr, s_cg, s_cb, s_os, s_or, s_og, s_ol,
+    BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_r, pid_g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    LEVELS: tl.constexpr = 1 << BITS
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = r < rows
+    acc = tl.zeros([BLOCK_R, LEVELS], dtype=tl.float32)
+    k_start = pid_s * cols_per_split
+    k_end = tl.minimum(k_start + cols_per_split, n)
+    for k0 in range(k_start, k_end, BLOCK_C):
+        k = k0 + tl.arange(0, BLOCK_C)
+        mask = rmask[:, None] & (k < k_end)[None, :]
+        col = (pid_g * n + k)[None, :]
+        g = tl.load(gw_ptr + r.to(tl.int64)[:, None] * s_gr + col * s_gc, mask=mask, other=0.0).to(tl.float32)
+        code = load_codes(codes_ptr, r[:, None], pid_g, k[None, :], s_cr, s_cg, s_cb, nbytes, mask, BITS)
+        acc = _bin_tile(acc, g, code, LEVELS)
+    _store_bins(out_ptr, acc, r, rmask, pid_g, pid_s, s_os, s_or, s_og, s_ol, LEVELS)
+
+
+@triton.jit
+def _lut_grad_from_io_kernel(
+    gy_ptr, x_ptr, codes_ptr, out_ptr,
+    tokens, rows, n, nbytes, cols_per_split,
+    s_yt, s_yr, s_xt, s_xc, s_cr, s_cg, s_cb, s_os, s_or, s_og, s_ol,
+    BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_r, pid_g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    LEVELS: tl.constexpr = 1 << BITS
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = r < rows
+    acc = tl.zeros([BLOCK_R, LEVELS], dtype=tl.float32)
+    k_start = pid_s * cols_per_split
+    k_end = tl.minimum(k_start + cols_per_split, n)
+    for k0 in range(k_start, k_end, BLOCK_C):
+        k = k0 + tl.arange(0, BLOCK_C)
+        kmask = k < k_end
+        col = pid_g * n + k
+        gw = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        for t0 in range(0, tokens, BLOCK_T):
+            t = t0 + tl.arange(0, BLOCK_T)
+            tmask = t < tokens
+            gy = tl.load(gy_ptr + t.to(tl.int64)[None, :] * s_yt + r[:, None] * s_yr,
+                         mask=rmask[:, None] & tmask[None, :], other=0.0)
+            xt = tl.load(x_ptr + t.to(tl.int64)[:, None] * s_xt + col[None, :] * s_xc,
+                         mask=tmask[:, None] & kmask[None, :], other=0.0)
+            gw = dot(gy, xt, gw, PREC, UPCAST)
+        mask = rmask[:, None] & kmask[None, :]
+        code = load_codes(codes_ptr, r[:, None], pid_g, k[None, :], s_cr, s_cg, s_cb, nbytes, mask, BITS)
+        acc = _bin_tile(acc, tl.where(mask, gw, 0.0), code, LEVELS)
+    _store_bins(out_ptr, acc, r, rmask, pid_g, pid_s, s_os, s_or, s_og, s_ol, LEVELS)
+
+
+def _num_splits(rows: int, groups: int, n: int, block_r: int, block_c: int, device) -> int:
+    """Column splits per group so that the grid fills the GPU (about two programs per SM)."""
+    if interpreting() or device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    programs = triton.cdiv(rows, block_r) * groups
+    tiles = triton.cdiv(n, block_c)
+    return max(1, min(tiles, triton.cdiv(2 * sms, programs)))
+
+
+def _finish(partial: torch.Tensor, out: torch.Tensor | None, shape, device) -> torch.Tensor:
+    """Sum split partials (a fixed-order reduction) into ``out``."""
+    out = check_out(out, shape, torch.float32, device)
+    if partial.shape[0] == 1:
+        out.copy_(partial[0])
+    else:
+        torch.sum(partial, dim=0, out=out) if out.is_contiguous() else out.copy_(partial.sum(0))
+    return out
+
+
+def _grid_and_partial(rows, groups, n, levels, block_r, block_c, device, splits=None):
+    splits = splits or _num_splits(rows, groups, n, block_r, block_c, device)
+    cols_per_split = triton.cdiv(triton.cdiv(n, splits), block_c) * block_c
+    splits = triton.cdiv(n, cols_per_split)
+    partial = scratch((splits, rows, groups, levels), torch.float32, device)
+    return (triton.cdiv(rows, block_r), groups, splits), cols_per_split, partial
+
+
+def lut_grad_triton(grad_w: torch.Tensor, codes: torch.Tensor, bits: int, groups_per_row: int,
+                    out: torch.Tensor | None = None, splits: int | None = None) -> torch.Tensor:
+    """fp32 ``[rows, G, 2**bits]`` from ``grad_w`` ``[rows, cols]`` (fp32/bf16/fp16, any strides)."""
+    rows, cols = grad_w.shape
+    if cols % groups_per_row:
+        raise ValueError(f"cols={cols} is not divisible by groups_per_row={groups_per_row}")
+    n = cols // groups_per_row
+    nbytes = check_codes(codes, rows, groups_per_row, n, bits)
+    shape = (rows, groups_per_row, 2**bits)
+    if grad_w.numel() == 0:
+        return check_out(out, shape, torch.float32, grad_w.device).zero_()
+    block_r, block_c = (32, 64) if interpreting() else (16, 64)
+    grid, per_split, partial = _grid_and_partial(rows, groups_per_row, n, 2**bits, block_r, block_c,
+                                                 grad_w.device, splits)
+    target = partial if grid[2] > 1 or out is None else out.unsqueeze(0)
+    _lut_grad_kernel[grid](
+        grad_w, codes, target, rows, n, nbytes, per_split,
+        *grad_w.stride(), *codes.stride(), *target.stride(),
+        BITS=bits, BLOCK_R=block_r, BLOCK_C=block_c,
+    )
+    return out if target is not partial else _finish(partial, out, shape, grad_w.device)
+
+
+def lut_grad_from_io_triton(grad_y: torch.Tensor, x: torch.Tensor, codes: torch.Tensor, bits: int,
+                            groups_per_row: int, out: torch.Tensor | None = None,
+                            splits: int | None = None) -> torch.Tensor:
+    """fp32 LUT gradient straight from ``grad_y`` ``[..., rows]`` and ``x`` ``[..., cols]`` (same leading
+    dims). ``x`` is cast to ``grad_y``'s dtype (as the autograd path does) and products accumulate in fp32."""
+    rows, cols = grad_y.shape[-1], x.shape[-1]
+    if grad_y.shape[:-1] != x.shape[:-1]:
+        raise ValueError(f"grad_y {tuple(grad_y.shape)} and x {tuple(x.shape)} differ in leading dims")
+    if cols % groups_per_row:
+        raise ValueError(f"cols={cols} is not divisible by groups_per_row={groups_per_row}")
+    n = cols // groups_per_row
+    nbytes = check_codes(codes, rows, groups_per_row, n, bits)
+    gy = grad_y.reshape(-1, rows)
+    x2 = x.reshape(-1, cols).to(gy.dtype)
+    shape = (rows, groups_per_row, 2**bits)
+    if gy.shape[0] == 0 or cols == 0:
+        return check_out(out, shape, torch.float32, gy.device).zero_()
+    block_r, block_c, block_t = (32, 64, 64) if interpreting() else (64, 64, 32)
+    grid, per_split, partial = _grid_and_partial(rows, groups_per_row, n, 2**bits, block_r, block_c,
+                                                 gy.device, splits)
+    target = partial if grid[2] > 1 or out is None else out.unsqueeze(0)
+    _lut_grad_from_io_kernel[grid](
+        gy, x2, codes, target, gy.shape[0], rows, n, nbytes, per_split,
+        *gy.stride(), *x2.stride(), *codes.stride(), *target.stride(),
+        BITS=bits, BLOCK_R=block_r, BLOCK_C=block_c, BLOCK_T=block_t, PREC=dot_precision(gy.dtype),
+        UPCAST=dot_upcast(gy.dtype),
+    )
+    return out if target is not partial else _finish(partial, out, shape, gy.device)

@@ -1,0 +1,93 @@
+"""Fused LUT matmul: ``y = x @ W_hat^T`` without ever writing ``W_hat``.
+
+Each program owns a (token block, row block) tile of ``y`` and walks the input features in ``BLOCK_K``
+steps: it loads the packed codes of the ``W`` tile, unpacks them, gathers the LUT values by pointer
+arithmetic, and feeds the tile to ``tl.dot`` with fp32 accumulation. Decode (1-16 tokens) has too few
+(token, row) tiles to fill a GPU, so the K dimension is split across programs; the fp32 partials are then
+summed by a plain (deterministic) ``torch.sum``. For thousands of tokens dequantise once and use cuBLAS.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import (check_codes, check_out, dot, dot_precision, dot_upcast, interpreting, load_codes,
+                            scratch)
+
+
+@triton.jit
+def _lut_matmul_kernel(
+    x_ptr, lut_ptr, codes_ptr, y_ptr,
+    tokens, rows, cols, n, nbytes, cols_per_split,
+    s_xt, s_xk, s_lr, s_lg, s_ll, s_cr, s_cg, s_cb, s_ys, s_yt, s_yr,
+    BITS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_t, pid_r, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    tmask, rmask = t < tokens, r < rows
+    r64 = r.to(tl.int64)[None, :]
+    acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
+    k_start = pid_s * cols_per_split
+    k_end = tl.minimum(k_start + cols_per_split, cols)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        c = k0 + tl.arange(0, BLOCK_K)
+        cmask = c < k_end
+        xt = tl.load(x_ptr + t.to(tl.int64)[:, None] * s_xt + c[None, :] * s_xk,
+                     mask=tmask[:, None] & cmask[None, :], other=0.0)
+        # W tile laid out transposed, [BLOCK_K, BLOCK_R], so it feeds tl.dot directly.
+        wmask = cmask[:, None] & rmask[None, :]
+        grp = (c // n)[:, None]
+        code = load_codes(codes_ptr, r[None, :], grp, (c % n)[:, None], s_cr, s_cg, s_cb, nbytes, wmask, BITS)
+        w = tl.load(lut_ptr + r64 * s_lr + grp * s_lg + code * s_ll, mask=wmask, other=0.0)
+        acc = dot(xt, w.to(xt.dtype), acc, PREC, UPCAST)
+    y = y_ptr + pid_s * s_ys + t.to(tl.int64)[:, None] * s_yt + r64 * s_yr
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=tmask[:, None] & rmask[None, :])
+
+
+def _config(tokens: int, rows: int, cols: int, device) -> tuple[int, int, int, int]:
+    """(BLOCK_T, BLOCK_R, BLOCK_K, splits). Fixed, small configs; the interpreter gets big blocks."""
+    if interpreting() or device.type != "cuda":
+        return 16, 64, 64, 1
+    block_t = 16 if tokens <= 16 else (32 if tokens <= 32 else 64)
+    block_r, block_k = 64, 64
+    programs = triton.cdiv(tokens, block_t) * triton.cdiv(rows, block_r)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    splits = max(1, min(triton.cdiv(cols, 4 * block_k), triton.cdiv(2 * sms, programs)))
+    return block_t, block_r, block_k, splits
+
+
+def lut_matmul_triton(x: torch.Tensor, lut: torch.Tensor, codes: torch.Tensor, bits: int, in_features: int,
+                      out: torch.Tensor | None = None, splits: int | None = None) -> torch.Tensor:
+    """``x @ W_hat^T``: ``x`` ``[..., in_features]`` (any strides; fp32/bf16/fp16) -> ``[..., rows]`` in
+    x's dtype. The LUT is cast to x's dtype per tile, like the reference's ``W_hat.to(x.dtype)``."""
+    rows, groups, _ = lut.shape
+    if x.shape[-1] != in_features or in_features % groups:
+        raise ValueError(f"x has {x.shape[-1]} features, layer has {in_features} in {groups} groups")
+    n = in_features // groups
+    nbytes = check_codes(codes, rows, groups, n, bits)
+    x2 = x.reshape(-1, in_features)  # a view whenever strides allow; strides go to the kernel as they are
+    tokens = x2.shape[0]
+    out = check_out(out, (*x.shape[:-1], rows), x.dtype, x.device)
+    if out.numel() == 0:
+        return out
+    if in_features == 0:
+        return out.zero_()
+    block_t, block_r, block_k, auto_splits = _config(tokens, rows, in_features, x.device)
+    per_split = triton.cdiv(triton.cdiv(in_features, splits or auto_splits), block_k) * block_k
+    n_splits = triton.cdiv(in_features, per_split)
+    out2 = out.view(tokens, rows) if out.is_contiguous() else None
+    y = out2.unsqueeze(0) if n_splits == 1 and out2 is not None else scratch(
+        (n_splits, tokens, rows), torch.float32 if n_splits > 1 else x.dtype, x.device)
+    grid = (triton.cdiv(tokens, block_t), triton.cdiv(rows, block_r), n_splits)
+    _lut_matmul_kernel[grid](
+        x2, lut, codes, y, tokens, rows, in_features, n, nbytes, per_split,
+        *x2.stride(), *lut.stride(), *codes.stride(), *y.stride(),
+        BITS=bits, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_K=block_k,
+        PREC=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype),
+    )
+    if out2 is None or n_splits > 1:
+        out.copy_(y.sum(0).view(out.shape) if n_splits > 1 else y[0].view(out.shape))
+    return out

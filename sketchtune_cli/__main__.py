@@ -1,0 +1,4 @@
+"""`python -m sketchtune_cli` (and `accelerate launch -m sketchtune_cli ...`)."""
+from .cli import main
+
+main()

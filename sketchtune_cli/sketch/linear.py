@@ -1,0 +1,101 @@
+"""SketchedLinear: a linear layer whose weight is ``lut[row, group, code]`` with frozen packed codes.
+
+Only ``lut`` is a Parameter. ``codes`` (packed uint8) and the optional ``bias`` are buffers, so optimizers,
+DDP and FSDP see exactly the sketched parameters and nothing else.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sketchtune_kernels import SUPPORTED_BITS, lut_dequant, lut_grad, lut_matmul, packed_len
+
+
+def check_sketch_shape(in_features: int, bits: int, groups_per_row: int, name: str = "layer") -> None:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+    if groups_per_row < 1 or in_features % groups_per_row:
+        raise ValueError(
+            f"groups_per_row={groups_per_row} does not divide in_features={in_features} of {name}; "
+            f"pick a divisor of {in_features}"
+        )
+
+
+class _LutLinearFn(torch.autograd.Function):
+    """y = x @ W_hat^T (+ bias). Backward: grad_x = grad_y @ W_hat and grad_lut = scatter-add of
+    grad_y^T x over the codes. W_hat is re-gathered in backward instead of being saved, so training holds
+    no dense weights between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, lut, codes, bias, bits, in_features, use_fused):
+        if use_fused:
+            y = lut_matmul(x, lut, codes, bits, in_features)
+        else:
+            y = x @ lut_dequant(lut, codes, bits, in_features).to(x.dtype).t()
+        if bias is not None:
+            y = y + bias.to(y.dtype)
+        ctx.save_for_backward(x, lut, codes)
+        ctx.bits, ctx.in_features = bits, in_features
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, lut, codes = ctx.saved_tensors
+        grad_x = grad_lut = None
+        if ctx.needs_input_grad[0]:
+            w = lut_dequant(lut, codes, ctx.bits, ctx.in_features).to(grad_y.dtype)
+            grad_x = grad_y @ w
+        if ctx.needs_input_grad[1]:
+            gy = grad_y.reshape(-1, grad_y.shape[-1])
+            gx = x.reshape(-1, x.shape[-1]).to(gy.dtype)
+            grad_w = gy.t().float() @ gx.float()  # fp32 accumulation, [rows, cols]
+            grad_lut = lut_grad(grad_w, codes, ctx.bits, lut.shape[1]).to(lut.dtype)
+        return grad_x, grad_lut, None, None, None, None, None
+
+
+class SketchedLinear(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int = 4,
+        groups_per_row: int = 4,
+        bias: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ):
+        super().__init__()
+        check_sketch_shape(in_features, bits, groups_per_row)
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.groups_per_row = bits, groups_per_row
+        group_size = in_features // groups_per_row
+        self.lut = nn.Parameter(torch.zeros(out_features, groups_per_row, 2**bits, dtype=dtype, device=device))
+        self.register_buffer(
+            "codes",
+            torch.zeros(out_features, groups_per_row, packed_len(group_size, bits), dtype=torch.uint8, device=device),
+        )
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device))
+        else:
+            self.bias = None
+        # Fused LUT-matmul (no W_hat in memory) pays off for few tokens on CUDA; see kernels/ benchmarks.
+        self.fused_max_tokens = 16
+
+    @property
+    def group_size(self) -> int:
+        return self.in_features // self.groups_per_row
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+            f"groups_per_row={self.groups_per_row}, bias={self.bias is not None}"
+        )
+
+    def dense_weight(self) -> torch.Tensor:
+        """The materialized weight ``W_hat`` ([out, in], LUT dtype)."""
+        return lut_dequant(self.lut, self.codes, self.bits, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.numel() // x.shape[-1]
+        use_fused = x.is_cuda and tokens <= self.fused_max_tokens
+        return _LutLinearFn.apply(x, self.lut, self.codes, self.bias, self.bits, self.in_features, use_fused)

@@ -1,0 +1,30 @@
+"""Shared test helpers: tiny random models built in the test (no hub, no downloads)."""
+from __future__ import annotations
+
+import torch
+
+
+def tiny_llama(seed: int = 0, family: str = "llama", **overrides):
+    """A tiny random causal LM (Llama by default; ``family="qwen2"`` gives q/k/v biases)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=128, max_position_embeddings=128, tie_word_embeddings=False)
+    fields.update(overrides)
+    config = AutoConfig.for_model(family, **fields)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def random_sketches(model, bits: int = 4, groups_per_row: int = 4, seed: int = 0):
+    """Random LUTs and codes for every target linear (for format tests; not a good sketch)."""
+    from sketchtune_cli.sketch import Sketch, find_target_linears
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, lin in find_target_linears(model).items():
+        rows, cols = lin.out_features, lin.in_features
+        lut = torch.randn(rows, groups_per_row, 2**bits, generator=g) * 0.05
+        codes = torch.randint(0, 2**bits, (rows, groups_per_row, cols // groups_per_row), generator=g, dtype=torch.uint8)
+        out[name] = Sketch(lut, codes, bits)
+    return out
