@@ -7,11 +7,11 @@ forces the reference. No global backend state: the choice is per call.
 from __future__ import annotations
 
 from .packing import SUPPORTED_BITS, pack_codes, packed_len, unpack_codes
-from .reference import dequant_ref, lut_grad_ref, lut_matmul_ref
-from .dispatch import lut_dequant, lut_grad, lut_matmul, triton_available
+from .reference import dequant_ref, lut_grad_from_io_ref, lut_grad_ref, lut_matmul_ref
+from .dispatch import lut_dequant, lut_grad, lut_grad_from_io, lut_matmul, triton_available
 
 __all__ = [
     "SUPPORTED_BITS", "pack_codes", "packed_len", "unpack_codes",
-    "dequant_ref", "lut_grad_ref", "lut_matmul_ref",
-    "lut_dequant", "lut_grad", "lut_matmul", "triton_available",
+    "dequant_ref", "lut_grad_ref", "lut_grad_from_io_ref", "lut_matmul_ref",
+    "lut_dequant", "lut_grad", "lut_grad_from_io", "lut_matmul", "triton_available",
 ]

@@ -1,9 +1,13 @@
-"""One entry point per operation; picks Triton on CUDA, the PyTorch reference elsewhere."""
+"""One entry point per operation; picks Triton on CUDA, the PyTorch reference elsewhere.
+
+Every function takes an optional ``out=`` tensor (right shape and dtype, any strides) that is filled
+and returned; tests pass a NaN-filled one to prove each element is written.
+"""
 from __future__ import annotations
 
 import torch
 
-from .reference import dequant_ref, lut_grad_ref, lut_matmul_ref
+from .reference import dequant_ref, lut_grad_from_io_ref, lut_grad_ref, lut_matmul_ref
 
 
 def triton_available() -> bool:
@@ -24,22 +28,43 @@ def _use_triton(t: torch.Tensor, backend: str | None) -> bool:
     return t.is_cuda and triton_available()
 
 
-def lut_dequant(lut, codes, bits: int, in_features: int, *, backend: str | None = None) -> torch.Tensor:
+def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
+    """Reference results land in ``out`` like the kernels' do."""
+    if out is None:
+        return result
+    if out.shape != result.shape or out.dtype != result.dtype:
+        raise ValueError(f"out must be {tuple(result.shape)} {result.dtype}, got {tuple(out.shape)} {out.dtype}")
+    return out.copy_(result)
+
+
+def lut_dequant(lut, codes, bits: int, in_features: int, *, backend: str | None = None, out=None) -> torch.Tensor:
+    """Dense ``W_hat`` ``[rows, in_features]`` in lut's dtype."""
     if _use_triton(lut, backend):
         from .triton_dequant import dequant_triton
-        return dequant_triton(lut, codes, bits, in_features)
-    return dequant_ref(lut, codes, bits, in_features)
+        return dequant_triton(lut, codes, bits, in_features, out=out)
+    return _into(out, dequant_ref(lut, codes, bits, in_features))
 
 
-def lut_grad(grad_w, codes, bits: int, groups_per_row: int, *, backend: str | None = None) -> torch.Tensor:
+def lut_grad(grad_w, codes, bits: int, groups_per_row: int, *, backend: str | None = None, out=None) -> torch.Tensor:
+    """fp32 ``[rows, G, 2**bits]`` scatter-add of ``grad_w`` over the codes; deterministic on every backend."""
     if _use_triton(grad_w, backend):
         from .triton_lut_grad import lut_grad_triton
-        return lut_grad_triton(grad_w, codes, bits, groups_per_row)
-    return lut_grad_ref(grad_w, codes, bits, groups_per_row)
+        return lut_grad_triton(grad_w, codes, bits, groups_per_row, out=out)
+    return _into(out, lut_grad_ref(grad_w, codes, bits, groups_per_row))
 
 
-def lut_matmul(x, lut, codes, bits: int, in_features: int, *, backend: str | None = None) -> torch.Tensor:
+def lut_grad_from_io(grad_y, x, codes, bits: int, groups_per_row: int, *, backend: str | None = None,
+                     out=None) -> torch.Tensor:
+    """Like :func:`lut_grad` of ``grad_y^T x`` but, on Triton, without materialising ``grad_W``."""
+    if _use_triton(grad_y, backend):
+        from .triton_lut_grad import lut_grad_from_io_triton
+        return lut_grad_from_io_triton(grad_y, x, codes, bits, groups_per_row, out=out)
+    return _into(out, lut_grad_from_io_ref(grad_y, x, codes, bits, groups_per_row))
+
+
+def lut_matmul(x, lut, codes, bits: int, in_features: int, *, backend: str | None = None, out=None) -> torch.Tensor:
+    """``x @ W_hat^T`` (``[..., rows]`` in x's dtype); the Triton path never materialises ``W_hat``."""
     if _use_triton(x, backend):
         from .triton_matmul import lut_matmul_triton
-        return lut_matmul_triton(x, lut, codes, bits, in_features)
-    return lut_matmul_ref(x, lut, codes, bits, in_features)
+        return lut_matmul_triton(x, lut, codes, bits, in_features, out=out)
+    return _into(out, lut_matmul_ref(x, lut, codes, bits, in_features))

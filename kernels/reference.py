@@ -27,10 +27,24 @@ def lut_grad_ref(grad_w: torch.Tensor, codes: torch.Tensor, bits: int, groups_pe
     CPU scatter_add_ is sequential, hence deterministic; CUDA's is not (float atomics), which is why CUDA
     goes through the Triton kernel."""
     rows, cols = grad_w.shape
+    if cols % groups_per_row:
+        raise ValueError(f"cols={cols} is not divisible by groups_per_row={groups_per_row}")
     n = cols // groups_per_row
     idx = unpack_codes(codes, bits, n).long()
-    out = torch.zeros(rows, groups_per_row, 2**bits, dtype=torch.float32, device=grad_w.device)
-    return out.scatter_add_(2, idx, grad_w.reshape(rows, groups_per_row, n).float())
+    # fp32 for fp32/bf16/fp16; fp64 stays fp64 so float64 gradchecks of the whole path are exact.
+    dtype = torch.promote_types(grad_w.dtype, torch.float32)
+    out = torch.zeros(rows, groups_per_row, 2**bits, dtype=dtype, device=grad_w.device)
+    return out.scatter_add_(2, idx, grad_w.reshape(rows, groups_per_row, n).to(dtype))
+
+
+def lut_grad_from_io_ref(grad_y: torch.Tensor, x: torch.Tensor, codes: torch.Tensor, bits: int,
+                         groups_per_row: int) -> torch.Tensor:
+    """LUT gradient from the layer's output gradient ``[..., rows]`` and input ``[..., cols]``: forms
+    ``grad_W = grad_y^T x`` in fp32 (x cast to grad_y's dtype first, as the autograd path does) and bins it."""
+    dtype = torch.promote_types(grad_y.dtype, torch.float32)
+    gy = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
+    gx = x.reshape(-1, x.shape[-1]).to(grad_y.dtype).to(dtype)
+    return lut_grad_ref(gy.t() @ gx, codes, bits, groups_per_row)
 
 
 def lut_matmul_ref(x: torch.Tensor, lut: torch.Tensor, codes: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
