@@ -1,0 +1,82 @@
+"""Sizes of a sketch computed from a model's config alone (meta device: no weights, no memory).
+
+Counting follows METHOD.md §1: trainable = sum over sketched layers of rows * G * 2^bits; base bytes =
+packed codes + LUTs in bf16 + every other tensor (embeddings, lm_head, norms) in bf16."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sketchtune_kernels import packed_len
+
+from .errors import UserError
+from .sketch.convert import find_target_linears
+from .sketch.linear import check_sketch_shape
+
+BF16_BYTES = 2
+
+
+@dataclass
+class SketchEstimate:
+    model: str
+    bits: int
+    groups_per_row: int
+    sketched_layers: int
+    sketched_weights: int
+    trainable_params: int
+    code_bytes: int
+    lut_bytes: int
+    dense_bytes: int
+    base_model_bytes: int
+    dense_model_bytes: int
+    bits_per_weight: float  # over the sketched layers: (codes + LUTs) / weights
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def estimate_sketch(model, name: str, bits: int, groups_per_row: int, targets=None, ignore=None) -> SketchEstimate:
+    """Estimate for an instantiated (usually meta-device) model."""
+    layers = find_target_linears(model, targets, ignore)
+    trainable = code_bytes = weights = 0
+    sketched_param_ids = set()
+    for lname, lin in layers.items():
+        try:
+            check_sketch_shape(lin.in_features, bits, groups_per_row, lname)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        rows, cols = lin.out_features, lin.in_features
+        trainable += rows * groups_per_row * 2**bits
+        code_bytes += rows * groups_per_row * packed_len(cols // groups_per_row, bits)
+        weights += rows * cols
+        sketched_param_ids.add(id(lin.weight))
+    seen, dense_params, all_params = set(), 0, 0
+    for p in model.parameters():  # parameters() already skips tied duplicates
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        all_params += p.numel()
+        if id(p) not in sketched_param_ids:
+            dense_params += p.numel()
+    lut_bytes = trainable * BF16_BYTES
+    dense_bytes = dense_params * BF16_BYTES
+    return SketchEstimate(
+        model=name, bits=bits, groups_per_row=groups_per_row, sketched_layers=len(layers),
+        sketched_weights=weights, trainable_params=trainable, code_bytes=code_bytes, lut_bytes=lut_bytes,
+        dense_bytes=dense_bytes, base_model_bytes=code_bytes + lut_bytes + dense_bytes,
+        dense_model_bytes=all_params * BF16_BYTES,
+        bits_per_weight=(code_bytes + lut_bytes) * 8 / max(weights, 1),
+    )
+
+
+def estimate_for_spec(spec: str, bits: int, groups_per_row: int, targets=None, ignore=None) -> SketchEstimate:
+    from .models import load_model_config, meta_model
+
+    return estimate_sketch(meta_model(load_model_config(spec)), spec, bits, groups_per_row, targets, ignore)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.2f} TB"
