@@ -28,10 +28,11 @@ def scratch(shape, dtype, device) -> torch.Tensor:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs follow torch's own TF32 switch so the fused kernels match ``torch.matmul`` semantics."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+    """fp32 inputs follow torch's own TF32 switch so the fused kernels match ``torch.matmul`` semantics;
+    for fp16/bf16 the setting is ignored by Triton and the default is passed."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
 
 
 def check_out(out: torch.Tensor | None, shape, dtype, device) -> torch.Tensor:

@@ -22,10 +22,15 @@ from .triton_common import (check_codes, check_out, dot, dot_precision, dot_upca
 
 @triton.jit
 def _bin_tile(acc, vals, code, LEVELS: tl.constexpr):
-    """Add each row's values into its per-code bins: ``acc[r, l] += sum_c vals[r, c] * (code[r, c] == l)``."""
+    """Add each row's values into its per-code bins: ``acc[r, l] += sum_c vals[r, c] * (code[r, c] == l)``.
+
+    One masked row-sum per code keeps every tensor 2-D; a 3-D one-hot ``[R, C, LEVELS]`` would not fit in
+    registers for useful tile sizes. The order of the sums is fixed, so the result is too."""
     levels = tl.arange(0, LEVELS)
-    onehot = code[:, :, None] == levels[None, None, :]
-    return acc + tl.sum(tl.where(onehot, vals[:, :, None], 0.0), axis=1)
+    for level in tl.static_range(LEVELS):
+        sums = tl.sum(tl.where(code == level, vals, 0.0), axis=1)
+        acc += tl.where(levels[None, :] == level, sums[:, None], 0.0)
+    return acc
 
 
 @triton.jit
@@ -103,22 +108,21 @@ def _num_splits(rows: int, groups: int, n: int, block_r: int, block_c: int, devi
     return max(1, min(tiles, triton.cdiv(2 * sms, programs)))
 
 
-def _finish(partial: torch.Tensor, out: torch.Tensor | None, shape, device) -> torch.Tensor:
-    """Sum split partials (a fixed-order reduction) into ``out``."""
-    out = check_out(out, shape, torch.float32, device)
-    if partial.shape[0] == 1:
-        out.copy_(partial[0])
-    else:
-        torch.sum(partial, dim=0, out=out) if out.is_contiguous() else out.copy_(partial.sum(0))
-    return out
-
-
-def _grid_and_partial(rows, groups, n, levels, block_r, block_c, device, splits=None):
-    splits = splits or _num_splits(rows, groups, n, block_r, block_c, device)
+def _launch_plan(out, rows, groups, n, block_r, block_c, splits=None):
+    """Grid, columns per split, and where the kernel writes: straight into ``out`` when there is one
+    split, else into fp32 partials ``[splits, rows, G, levels]``."""
+    splits = splits or _num_splits(rows, groups, n, block_r, block_c, out.device)
     cols_per_split = triton.cdiv(triton.cdiv(n, splits), block_c) * block_c
     splits = triton.cdiv(n, cols_per_split)
-    partial = scratch((splits, rows, groups, levels), torch.float32, device)
-    return (triton.cdiv(rows, block_r), groups, splits), cols_per_split, partial
+    target = out.unsqueeze(0) if splits == 1 else scratch((splits, *out.shape), torch.float32, out.device)
+    return (triton.cdiv(rows, block_r), groups, splits), cols_per_split, target
+
+
+def _finish(target: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Sum split partials into ``out`` (an ordinary fixed-order reduction, no atomics)."""
+    if target.shape[0] > 1:
+        out.copy_(target.sum(0))
+    return out
 
 
 def lut_grad_triton(grad_w: torch.Tensor, codes: torch.Tensor, bits: int, groups_per_row: int,
@@ -129,19 +133,17 @@ def lut_grad_triton(grad_w: torch.Tensor, codes: torch.Tensor, bits: int, groups
         raise ValueError(f"cols={cols} is not divisible by groups_per_row={groups_per_row}")
     n = cols // groups_per_row
     nbytes = check_codes(codes, rows, groups_per_row, n, bits)
-    shape = (rows, groups_per_row, 2**bits)
+    out = check_out(out, (rows, groups_per_row, 2**bits), torch.float32, grad_w.device)
     if grad_w.numel() == 0:
-        return check_out(out, shape, torch.float32, grad_w.device).zero_()
-    block_r, block_c = (32, 64) if interpreting() else (16, 64)
-    grid, per_split, partial = _grid_and_partial(rows, groups_per_row, n, 2**bits, block_r, block_c,
-                                                 grad_w.device, splits)
-    target = partial if grid[2] > 1 or out is None else out.unsqueeze(0)
+        return out.zero_()
+    block_r, block_c = 32, 64
+    grid, per_split, target = _launch_plan(out, rows, groups_per_row, n, block_r, block_c, splits)
     _lut_grad_kernel[grid](
         grad_w, codes, target, rows, n, nbytes, per_split,
         *grad_w.stride(), *codes.stride(), *target.stride(),
         BITS=bits, BLOCK_R=block_r, BLOCK_C=block_c,
     )
-    return out if target is not partial else _finish(partial, out, shape, grad_w.device)
+    return _finish(target, out)
 
 
 def lut_grad_from_io_triton(grad_y: torch.Tensor, x: torch.Tensor, codes: torch.Tensor, bits: int,
@@ -158,17 +160,15 @@ def lut_grad_from_io_triton(grad_y: torch.Tensor, x: torch.Tensor, codes: torch.
     nbytes = check_codes(codes, rows, groups_per_row, n, bits)
     gy = grad_y.reshape(-1, rows)
     x2 = x.reshape(-1, cols).to(gy.dtype)
-    shape = (rows, groups_per_row, 2**bits)
+    out = check_out(out, (rows, groups_per_row, 2**bits), torch.float32, gy.device)
     if gy.shape[0] == 0 or cols == 0:
-        return check_out(out, shape, torch.float32, gy.device).zero_()
+        return out.zero_()
     block_r, block_c, block_t = (32, 64, 64) if interpreting() else (64, 64, 32)
-    grid, per_split, partial = _grid_and_partial(rows, groups_per_row, n, 2**bits, block_r, block_c,
-                                                 gy.device, splits)
-    target = partial if grid[2] > 1 or out is None else out.unsqueeze(0)
+    grid, per_split, target = _launch_plan(out, rows, groups_per_row, n, block_r, block_c, splits)
     _lut_grad_from_io_kernel[grid](
         gy, x2, codes, target, gy.shape[0], rows, n, nbytes, per_split,
         *gy.stride(), *x2.stride(), *codes.stride(), *target.stride(),
         BITS=bits, BLOCK_R=block_r, BLOCK_C=block_c, BLOCK_T=block_t, PREC=dot_precision(gy.dtype),
         UPCAST=dot_upcast(gy.dtype),
     )
-    return out if target is not partial else _finish(partial, out, shape, gy.device)
+    return _finish(target, out)
