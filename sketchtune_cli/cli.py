@@ -25,6 +25,7 @@ app = typer.Typer(
 STAGE_MODULES = [
     "sketchtune_cli.inspect_cmd",
     "sketchtune_cli.config_cmd",
+    "sketchtune_cli.export.command",
 ]
 
 _state = {"debug": False}

@@ -1,0 +1,111 @@
+"""`sketchtune export` as a function: load a sketch or fine-tune artifact, write one export format into an
+export artifact (manifest + model card), return its manifest."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..artifacts import Manifest, check_output, is_artifact, lineage, read_manifest, write_artifact
+from ..errors import UserError
+from ..loading import LUT_ADAPTER, apply_lut_file, parent_of
+from ..sketch import load_sketch, read_sketch_config
+from . import formats, model_card
+from .settings import ExportSettings
+
+log = logging.getLogger(__name__)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def export_artifact(source: str | Path, out: str | Path, settings: ExportSettings, overwrite: bool = False,
+                    eval_artifacts: list[str | Path] = (), config: dict | None = None) -> Manifest:
+    """Write ``settings.format`` of ``source`` (sketch or fine-tune artifact) to ``out``."""
+    out = Path(out)
+    check_output(out, overwrite)  # fail before the (slow) load
+    manifest = read_manifest(source, stage=("sketch", "finetune"))
+    base = manifest if manifest.stage == "sketch" else parent_of(manifest, "sketch")
+    evals = _eval_manifests(manifest, eval_artifacts)
+    model, tokenizer = _load_source(manifest, base)
+    _, base_qcfg = read_sketch_config(base.path)
+    results = _results(settings, model, manifest, base, base_qcfg)
+    config = config or {"export": settings.model_dump(mode="json")}
+    dtype = DTYPES[settings.dtype]
+    log.info("exporting %s as %s (%s) to %s", source, settings.format, settings.dtype, out)
+    with write_artifact(out, "export", config, parent=manifest, overwrite=overwrite) as writer:
+        if settings.format == "hf-dense":
+            formats.write_hf_dense(model, tokenizer, writer.path, dtype, settings.max_shard_size)
+        elif settings.format == "hf-sketch":
+            formats.write_hf_sketch(model, tokenizer, writer.path, dtype, base_qcfg)
+        else:
+            formats.write_lut_only(model, writer.path, dtype, base, base_qcfg)
+        results["sizes"]["export_bytes"] = formats.dir_bytes(writer.path)
+        results["eval"] = {str(m.path): m.results for m in evals}
+        card = model_card.render(settings.format, out.resolve(), results, lineage(manifest), evals)
+        (writer.path / "README.md").write_text(card)
+        writer.results = results
+    return writer.manifest
+
+
+def _load_source(manifest: Manifest, base: Manifest):
+    """The sketched model in fp32 (exact W_hat; cast once when writing), its LUTs fine-tuned if any."""
+    model = load_sketch(base.path, device="cpu", dtype=torch.float32)
+    if manifest.stage == "finetune":
+        apply_lut_file(model, Path(manifest.path) / LUT_ADAPTER)
+    return model, load_tokenizer_if_any(base.path)
+
+
+def load_tokenizer_if_any(directory: str | Path):
+    """The tokenizer saved beside a model, or None (tiny test sketches have none; real ones always do)."""
+    from transformers import AutoTokenizer
+
+    if not any((Path(directory) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        log.warning("%s has no tokenizer; the export will have none either", directory)
+        return None
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _results(settings: ExportSettings, model, manifest: Manifest, base: Manifest, base_qcfg: dict) -> dict:
+    sizes = formats.model_sizes(model)
+    sizes["base_sketch_bytes"] = sum((Path(base.path) / rel).stat().st_size for rel in base.files)
+    return {
+        "format": settings.format,
+        "dtype": settings.dtype,
+        "source_stage": manifest.stage,
+        "base_model": base_model_name(base),
+        "bits": base_qcfg["bits"],
+        "groups_per_row": base_qcfg["groups_per_row"],
+        "base_sketch": {"path": str(Path(base.path).resolve()), "content_hash": base.content_hash},
+        "sizes": sizes,
+    }
+
+
+def base_model_name(sketch: Manifest) -> str:
+    """The model the sketch was compressed from: its recorded config (``model.name``), else config.json's
+    ``_name_or_path``, else 'unknown'."""
+    model_cfg = sketch.config.get("model") if isinstance(sketch.config, dict) else None
+    if isinstance(model_cfg, dict) and model_cfg.get("name"):
+        return str(model_cfg["name"])
+    config, _ = read_sketch_config(sketch.path)
+    return config.get("_name_or_path") or "unknown"
+
+
+def _eval_manifests(manifest: Manifest, extra: list[str | Path]) -> list[Manifest]:
+    """Eval artifacts of this very artifact: those named with --eval, plus sibling directories whose
+    parent is it (``sketchtune run`` writes eval beside finetune)."""
+    found = {}
+    for path in extra:
+        m = read_manifest(path, stage="eval")
+        if not m.parent or m.parent.get("content_hash") != manifest.content_hash:
+            log.warning("%s evaluated a different artifact than %s; including it anyway", path, manifest.path)
+        found[Path(path).resolve()] = m
+    for sibling in sorted(Path(manifest.path).resolve().parent.iterdir()):
+        if sibling in found or not sibling.is_dir() or not is_artifact(sibling):
+            continue
+        try:
+            m = read_manifest(sibling, stage="eval", verify=False)
+        except UserError:
+            continue
+        if m.parent and m.parent.get("content_hash") == manifest.content_hash:
+            found[sibling] = m
+    return list(found.values())
