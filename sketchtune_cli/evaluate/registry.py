@@ -1,0 +1,122 @@
+"""The catalogue of bundled paper-protocol tasks and how the names users type map onto them.
+
+Rules (also in ``sketchtune eval --help``):
+- ``st_<name>`` (e.g. ``st_gsm8k``, ``st_arc_easy_ll``) and the groups ``st_math``, ``st_commonsense``,
+  ``st_commonsense_ll`` (aliases ``math``, ``commonsense``, ``commonsense_ll``) are always the paper's protocol
+  over LLM-Adapters files.
+- A bare dataset name (``gsm8k``, ``arc_easy``, ``boolq_ll``...) means the paper's protocol when a data
+  directory is known (``--data-dir``, ``eval.data_dir`` or ``$SKETCHTUNE_DATA``), else lm-eval's own task
+  of that name. Names lm-eval does not have (``svamp``, ``addsub``...) are always ours.
+- ``lm:<name>`` is always lm-eval's own task or group.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class PaperTask:
+    name: str  # lm-eval task name, st_*
+    folder: str  # LLM-Adapters folder under the data dir
+    template: str  # bundled template YAML (tasks/_st_<template>.yaml)
+    group: str
+
+    def data_file(self, data_dir: str | Path) -> Path:
+        return Path(data_dir) / self.folder / "test.json"
+
+
+# (bare name, LLM-Adapters folder)
+MATH = [("gsm8k", "gsm8k"), ("svamp", "SVAMP"), ("addsub", "AddSub"), ("multiarith", "MultiArith"),
+        ("singleeq", "SingleEq"), ("aqua", "AQuA"), ("mawps", "mawps")]
+COMMONSENSE = [("boolq", "boolq"), ("piqa", "piqa"), ("social_i_qa", "social_i_qa"), ("hellaswag", "hellaswag"),
+               ("winogrande", "winogrande"), ("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge"),
+               ("openbookqa", "openbookqa")]
+SYNONYMS = {"siqa": "social_i_qa", "social_iqa": "social_i_qa", "obqa": "openbookqa", "arc_e": "arc_easy",
+            "arc_c": "arc_challenge"}
+GROUP_ALIASES = {"math": "st_math", "commonsense": "st_commonsense", "commonsense_ll": "st_commonsense_ll"}
+
+
+def _catalogue() -> dict[str, PaperTask]:
+    tasks = {}
+    for bare, folder in MATH:
+        tasks[f"st_{bare}"] = PaperTask(f"st_{bare}", folder, "aqua" if bare == "aqua" else "math", "st_math")
+    for bare, folder in COMMONSENSE:
+        tasks[f"st_{bare}"] = PaperTask(f"st_{bare}", folder, "choice", "st_commonsense")
+        tasks[f"st_{bare}_ll"] = PaperTask(f"st_{bare}_ll", folder, "choice_ll", "st_commonsense_ll")
+    return tasks
+
+
+PAPER_TASKS = _catalogue()
+GROUPS = {g: [t.name for t in PAPER_TASKS.values() if t.group == g]
+          for g in ("st_math", "st_commonsense", "st_commonsense_ll")}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What to run: paper tasks (expanded from groups, in order) and lm-eval's own task names."""
+    paper: list[str]
+    harness: list[str]
+    requested: list[str]  # the names after resolution, one per entry the user gave (for table rows)
+
+
+def _paper_name(name: str, have_data_dir: bool) -> str | list[str] | None:
+    """The st_* task or group a typed name stands for, or None if it is lm-eval's."""
+    low = name.lower()
+    if low in GROUP_ALIASES:
+        return GROUP_ALIASES[low]
+    if low in GROUPS or low in PAPER_TASKS:
+        return low
+    ll = low.endswith("_ll")
+    bare = SYNONYMS.get(low[:-3] if ll else low, low[:-3] if ll else low)
+    key = f"st_{bare}_ll" if ll else f"st_{bare}"
+    if key in PAPER_TASKS and (have_data_dir or ll or bare not in LM_EVAL_NAMES):
+        return key
+    return None
+
+
+# Bare names that lm-eval also ships; without a data dir they go to lm-eval.
+LM_EVAL_NAMES = {"gsm8k", "boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "arc_easy",
+                 "arc_challenge", "openbookqa"}
+# lm-eval's own spelling for a few of ours (``social_i_qa`` is ``social_iqa`` there).
+LM_EVAL_SPELLING = {"social_i_qa": "social_iqa", "siqa": "social_iqa"}
+
+
+def select(names: list[str], have_data_dir: bool) -> Selection:
+    paper, harness, requested = [], [], []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        if name.lower().startswith("lm:"):
+            target = name[3:]
+            harness.append(target)
+            requested.append(target)
+            continue
+        mapped = _paper_name(name, have_data_dir)
+        if mapped is None:
+            target = LM_EVAL_SPELLING.get(name.lower(), name)
+            harness.append(target)
+            requested.append(target)
+            continue
+        members = GROUPS.get(mapped, [mapped])
+        paper += [m for m in members if m not in paper]
+        requested.append(mapped)
+    if not requested:
+        raise UserError("no tasks given; pass --tasks, e.g. --tasks gsm8k,arc_easy")
+    return Selection(paper, harness, requested)
+
+
+def check_data(paper: list[str], data_dir: str | Path | None) -> None:
+    """Fail early, in one line, when a paper task's file is absent."""
+    if paper and data_dir is None:
+        raise UserError(
+            f"task {paper[0]} needs LLM-Adapters test files: pass --data-dir DIR (DIR/<Dataset>/test.json), "
+            "set eval.data_dir or $SKETCHTUNE_DATA"
+        )
+    for name in paper:
+        path = PAPER_TASKS[name].data_file(data_dir)
+        if not path.is_file():
+            raise UserError(f"task {name}: data file {path} not found (expected <data-dir>/{PAPER_TASKS[name].folder}/test.json)")
