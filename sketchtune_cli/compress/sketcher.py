@@ -1,0 +1,208 @@
+"""Sketching one linear layer (METHOD.md §2 steps 1-6): LUTs by Hessian-weighted k-means, codes by a
+GPTQ-style column loop with error compensation.
+
+Everything runs on ``W``'s device in float32. The caller (the layer pipeline) collects ``H`` with
+``hessian.HessianAccumulator``, calls ``sketch_layer`` and writes ``dequantize(sketch)`` back into the model
+so later layers calibrate on the sketched model.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..sketch import Sketch
+from .kmeans import weighted_kmeans_1d
+from .settings import CompressSettings
+
+_LUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_MAX_DAMPING_TRIES = 10
+
+
+@dataclass
+class SketchStats:
+    damping: float  # absolute value added to diag(H) (0 without calibration)
+    damping_fraction: float  # damping / mean(diag H): settings.percdamp, or larger if Cholesky failed
+    dead_columns: int  # columns with H_jj == 0 (never active in the calibration data)
+    seconds: float
+    kmeans_iterations: int
+    kmeans_converged: bool
+    relative_error: float | None  # tr(dW H dW^T) / tr(W H W^T) with the undamped H; None if not computed
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def no_calibration_settings(settings: CompressSettings) -> CompressSettings:
+    """The data-free variant: unweighted k-means, no error feedback (pass ``H=None`` to ``sketch_layer``)."""
+    return settings.model_copy(update={"exponent": 0.0, "error_compensation": False, "act_order": False})
+
+
+def sketch_layer(
+    W: torch.Tensor, H: torch.Tensor | None, settings: CompressSettings | None = None, *, compute_error: bool = True
+) -> tuple[Sketch, SketchStats]:
+    """Sketches ``W [rows, cols]`` given its input Hessian ``H [cols, cols]`` (None = identity, i.e. no
+    calibration data). Returns the sketch (LUT in ``settings.lut_dtype``, unpacked uint8 codes) and stats."""
+    s = settings or CompressSettings()
+    start = time.perf_counter()
+    rows, cols = W.shape
+    groups = s.groups_per_row
+    if cols % groups:
+        raise ValueError(f"groups_per_row={groups} does not divide the layer's {cols} input features")
+    weights = W.detach().to(torch.float32).clone()
+    prep = _prepare(weights, H, s)
+    col_weight = _column_weights(prep, s.exponent, groups)
+    lut, km = _fit_luts(weights, col_weight, s)
+    lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
+    lut = lut_store.float()  # assign codes against the values that will actually be stored
+    if s.error_compensation and prep.upper is not None:
+        codes = _assign_compensated(weights, prep, lut, s.block_size)
+    else:
+        codes = nearest_codes(weights.view(rows, groups, -1), lut)
+    sketch = Sketch(lut_store, codes.view(rows, groups, -1).to(torch.uint8), s.bits)
+    rel = None
+    if compute_error and H is not None:
+        rel = relative_output_error(W, dequantize(sketch), H)
+    stats = SketchStats(prep.damping, prep.damping_fraction, prep.dead, time.perf_counter() - start,
+                        km.iterations, km.converged, rel)
+    return sketch, stats
+
+
+def dequantize(sketch: Sketch) -> torch.Tensor:
+    """``W_hat [rows, cols]`` in float32 from a sketch with unpacked codes."""
+    lut = sketch.lut.float()
+    rows, groups, _ = lut.shape
+    return lut.gather(-1, sketch.codes.long()).reshape(rows, -1)
+
+
+def relative_output_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor, chunk_rows: int = 1024) -> float:
+    """``||W X - W_hat X||^2 / ||W X||^2 = tr(dW H dW^T) / tr(W H W^T)`` computed from ``H`` alone."""
+    H = H.to(W.device, torch.float32)
+    num = den = 0.0
+    for r in range(0, W.shape[0], chunk_rows):
+        w = W[r:r + chunk_rows].float()
+        dw = w - W_hat[r:r + chunk_rows].to(w.device, torch.float32)
+        num += float(((dw @ H) * dw).sum())
+        den += float(((w @ H) * w).sum())
+    return num / den if den > 0 else 0.0
+
+
+def nearest_codes(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest value of the (ascending) ``lut [..., k]`` for each element of ``x [..., n]``;
+    ties go to the smaller value."""
+    mids = (lut[..., 1:] + lut[..., :-1]) * 0.5
+    return torch.searchsorted(mids.contiguous(), x.contiguous())
+
+
+@dataclass
+class _Prepared:
+    perm: torch.Tensor  # coding order: perm[i] = original index of the i-th coded column
+    upper: torch.Tensor | None  # upper Cholesky factor of the permuted, damped H^-1 (None = identity H)
+    diag: torch.Tensor  # d_j = U[j, j] in coding order
+    dead_mask: torch.Tensor  # [cols] bool, original order
+    dead: int
+    damping: float
+    damping_fraction: float
+
+
+def _prepare(weights: torch.Tensor, H: torch.Tensor | None, s: CompressSettings) -> _Prepared:
+    """Steps 1-4: dead columns, act-order permutation, damping, U = chol(H^-1)^T. Zeroes dead columns of
+    ``weights`` in place."""
+    cols, device = weights.shape[1], weights.device
+    if H is None:
+        ones = torch.ones(cols, device=device)
+        return _Prepared(torch.arange(cols, device=device), None, ones, torch.zeros(cols, dtype=torch.bool, device=device),
+                         0, 0.0, 0.0)
+    if H.shape != (cols, cols):
+        raise ValueError(f"H has shape {tuple(H.shape)}, expected ({cols}, {cols})")
+    H = H.to(device, torch.float32).clone()
+    dead_mask = H.diagonal() == 0
+    H.diagonal()[dead_mask] = 1.0
+    weights[:, dead_mask] = 0.0
+    if s.act_order:
+        perm = torch.argsort(H.diagonal(), descending=True, stable=True)
+        H = H[perm][:, perm]
+    else:
+        perm = torch.arange(cols, device=device)
+    mean_diag = float(H.diagonal().mean())
+    upper, damping = _inverse_cholesky_upper(H, s.percdamp * mean_diag, mean_diag)
+    return _Prepared(perm, upper, upper.diagonal().clone(), dead_mask, int(dead_mask.sum()), damping,
+                     damping / mean_diag)
+
+
+def _inverse_cholesky_upper(H: torch.Tensor, damping: float, mean_diag: float) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of ``(H + damping I)^-1``; on failure retries with 10x the damping (starting
+    from 1e-6 mean(diag H) when the requested damping is 0)."""
+    for _ in range(_MAX_DAMPING_TRIES):
+        A = H.clone()
+        A.diagonal().add_(damping)
+        L, info = torch.linalg.cholesky_ex(A)
+        del A
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            del L
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            del Hinv
+            if int(info) == 0 and bool(torch.isfinite(U.diagonal()).all()):
+                return U, damping
+        damping = damping * 10 if damping > 0 else 1e-6 * mean_diag
+    raise RuntimeError(f"Cholesky of the damped Hessian failed even with damping {damping:.3g}; "
+                       "the calibration inputs may contain inf/nan")
+
+
+def _column_weights(prep: _Prepared, exponent: float, groups: int) -> torch.Tensor:
+    """k-means sample weight ``d_j^-p`` per ORIGINAL column, normalised to max 1 within each group (the
+    raw values span many orders of magnitude). Dead columns weigh nothing: their inputs are always 0."""
+    cols = prep.diag.numel()
+    log_w = torch.empty(cols, device=prep.diag.device)
+    log_w[prep.perm] = -exponent * prep.diag.log()
+    log_w = log_w.masked_fill(prep.dead_mask, -math.inf).view(groups, -1)
+    top = log_w.amax(1, keepdim=True)
+    w = (log_w - torch.where(torch.isfinite(top), top, torch.zeros_like(top))).exp()
+    return w.view(cols)
+
+
+def _fit_luts(weights: torch.Tensor, col_weight: torch.Tensor, s: CompressSettings):
+    """Step 5: one weighted k-means per (row, group), all at once. Returns (lut [rows, G, 2^b], result)."""
+    rows, cols = weights.shape
+    groups = s.groups_per_row
+    gen = torch.Generator(device=weights.device)
+    gen.manual_seed(s.seed)
+    res = weighted_kmeans_1d(weights.view(rows, groups, -1), col_weight.view(1, groups, -1), 2 ** s.bits,
+                             iters=s.kmeans_iters, init=s.kmeans_init, generator=gen)
+    return res.centroids.sort(dim=-1).values, res
+
+
+def _assign_compensated(weights: torch.Tensor, prep: _Prepared, lut: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Step 6: GPTQ loop in coding order. Each column takes its row-group's nearest LUT value; the scaled
+    error ``(w - q) / d`` is pushed onto the not-yet-coded columns through ``U``, lazily per block."""
+    rows, cols = weights.shape
+    group_size = cols // lut.shape[1]
+    perm, U = prep.perm, prep.upper
+    Wp = weights[:, perm]
+    col_group = perm // group_size
+    mids = ((lut[..., 1:] + lut[..., :-1]) * 0.5).contiguous()  # [rows, G, k-1]
+    codes_p = torch.empty(rows, cols, dtype=torch.long, device=weights.device)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1 = Wp[:, i1:i2].clone()
+        E1 = torch.empty_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        # per column of the block, its row-group's midpoints/values: [count, rows, k-1] / [count, rows, k]
+        mids1 = mids[:, col_group[i1:i2]].transpose(0, 1).contiguous()
+        lut1 = lut[:, col_group[i1:i2]].transpose(0, 1).contiguous()
+        for j in range(i2 - i1):
+            w = W1[:, j]
+            code = (mids1[j] < w.unsqueeze(1)).sum(1, keepdim=True)  # = searchsorted(mids, w), as nearest_codes
+            q = lut1[j].gather(1, code).squeeze(1)
+            err = (w - q) / U1[j, j]
+            W1[:, j + 1:].addr_(err, U1[j, j + 1:], alpha=-1.0)
+            E1[:, j] = err
+            codes_p[:, i1 + j] = code.squeeze(1)
+        if i2 < cols:
+            Wp[:, i2:].addmm_(E1, U[i1:i2, i2:], alpha=-1.0)
+    codes = torch.empty_like(codes_p)
+    codes[:, perm] = codes_p
+    return codes
