@@ -12,10 +12,12 @@ class DataSettings(Section):
     max_seq_len: int = Field(2048, ge=8)
     val_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of the data held out for eval loss")
     val_path: Optional[str] = None
-    limit: Optional[int] = Field(None, ge=1, description="use only the first N records")
+    limit: Optional[int] = Field(None, ge=1, description="use only the first N records (demo: how many to generate)")
+    val_limit: Optional[int] = Field(None, ge=1, description="use only the first N validation records")
 
 
 class TrainSettings(Section):
+    base: Optional[str] = Field(None, description="sketch artifact to fine-tune (default: output_dir/compress)")
     lr: float = Field(3e-5, gt=0)
     epochs: float = Field(3.0, gt=0)
     max_steps: Optional[int] = Field(None, ge=1, description="stop after N optimizer steps (overrides epochs)")

@@ -1,0 +1,149 @@
+"""Training state for exact resume, as safetensors + JSON (no pickle, nothing for torch.load).
+
+A checkpoint is ``checkpoints/step-NNNNNNN/`` with
+  ``luts.safetensors``       trained LUTs (``<module>.lut``),
+  ``optimizer.safetensors``  per-parameter optimizer tensors keyed ``<param index>.<key>``,
+  ``rng.safetensors``        torch CPU/CUDA and numpy generator states,
+  ``state.json``             step, config fingerprint, optimizer groups, scheduler, python RNG, counters.
+It is written into a temporary directory and renamed, then ``checkpoints/latest.json`` is replaced
+atomically, so a kill at any moment leaves the previous checkpoint usable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+CKPT_DIR = "checkpoints"
+LATEST = "latest.json"
+KEEP = 2
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return obj
+
+
+# ---- optimizer -----------------------------------------------------------------------------------------
+
+def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (safetensors) and the rest (JSON)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"{idx}.{key}"] = val.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{key}"] = val
+    return tensors, {"param_groups": _jsonable(sd["param_groups"]), "scalars": scalars}
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, val in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = val
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+# ---- RNG -----------------------------------------------------------------------------------------------
+
+def rng_tensors() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).view(np.int32).copy())
+    meta = {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": _jsonable(random.getstate())}
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["numpy_keys"].numpy().view(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# ---- save / load ---------------------------------------------------------------------------------------
+
+def save_checkpoint(root: Path, step: int, luts: dict[str, torch.Tensor], optimizer, scheduler, state: dict) -> Path:
+    """Write checkpoint ``step`` under ``root/checkpoints`` and point ``latest.json`` at it."""
+    ck_root = Path(root) / CKPT_DIR
+    final = ck_root / f"step-{step:07d}"
+    tmp = ck_root / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in luts.items()}, tmp / "luts.safetensors")
+    opt_t, opt_meta = optimizer_tensors(optimizer)
+    save_file(opt_t, tmp / "optimizer.safetensors")
+    rng_t, rng_meta = rng_tensors()
+    save_file(rng_t, tmp / "rng.safetensors")
+    full = dict(state, step=step, optimizer=opt_meta, scheduler=_jsonable(scheduler.state_dict()), rng=rng_meta)
+    (tmp / "state.json").write_text(json.dumps(full, indent=1) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    latest_tmp = ck_root / (LATEST + ".tmp")
+    latest_tmp.write_text(json.dumps({"step": step, "dir": final.name}) + "\n")
+    os.replace(latest_tmp, ck_root / LATEST)
+    _prune(ck_root, keep=KEEP)
+    return final
+
+
+def _prune(ck_root: Path, keep: int) -> None:
+    steps = sorted(p for p in ck_root.glob("step-*") if p.is_dir())
+    for old in steps[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The directory of the newest complete checkpoint under ``root``, or None."""
+    pointer = Path(root) / CKPT_DIR / LATEST
+    if not pointer.is_file():
+        return None
+    ck = Path(root) / CKPT_DIR / json.loads(pointer.read_text())["dir"]
+    return ck if (ck / "state.json").is_file() else None
+
+
+def read_state(ck: Path) -> dict:
+    return json.loads((ck / "state.json").read_text())
+
+
+def load_checkpoint(ck: Path, params: dict[str, torch.nn.Parameter], optimizer, scheduler) -> dict:
+    """Restore LUTs, optimizer, scheduler and RNG from ``ck``; returns its state.json."""
+    state = read_state(ck)
+    luts = load_file(str(ck / "luts.safetensors"))
+    if set(luts) != set(params):
+        raise ValueError(f"checkpoint {ck} holds other LUTs than this model ({len(luts)} vs {len(params)})")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(luts[name])
+    optimizer.load_state_dict(optimizer_state(load_file(str(ck / "optimizer.safetensors")), state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng(load_file(str(ck / "rng.safetensors")), state["rng"])
+    return state

@@ -1,0 +1,129 @@
+"""The finetune stage: resolve base and output, load, train, write the fine-tune artifact.
+
+Artifact layout: ``lut_adapter.safetensors`` (trained LUTs only, fp32, keys ``<module>.lut``),
+``metrics.jsonl``, ``loss_curve.png``, optional tracker ``logs/``, ``sketchtune.json`` (parent = the base
+sketch with its content hash, resolved config, results) and ``checkpoints/`` (resume state; not hashed,
+because a resumed run rewrites it). Every check that can fail on bad input runs before anything is written,
+so an error never costs an existing artifact or an interrupted run's checkpoints.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..artifacts import Manifest, check_output, is_artifact, partial_dir, read_manifest, write_artifact
+from ..errors import UserError
+from ..loading import LUT_ADAPTER, load_sketch_artifact
+from ..models import torch_dtype
+from . import checkpoint as ckpt
+from .data import build_datasets
+from .metrics import LOSS_PLOT, plot_losses
+from .trainer import Trainer, make_accelerator
+
+log = logging.getLogger(__name__)
+
+# train keys that change only logging/bookkeeping: a resumed run may change them.
+RESUME_FREE_KEYS = ("save_every", "eval_every", "log_every", "trackers")
+
+
+def resolve_base(cfg) -> Manifest:
+    """The sketch to fine-tune: --base / train.base, else ``output_dir/compress`` (as `sketchtune run` lays
+    it out)."""
+    base = cfg.train.base or str(Path(cfg.output_dir) / "compress")
+    if not cfg.train.base and not is_artifact(base):
+        raise UserError(f"no base sketch: pass --base SKETCH_DIR or set train.base (looked for {base})")
+    return read_manifest(base, stage="sketch")
+
+
+def default_output(cfg) -> Path:
+    return Path(cfg.output_dir) / "finetune"
+
+
+def run_config(cfg, base: Manifest) -> dict:
+    sections = cfg.section_dict("model", "data", "train")
+    sections["train"]["base"] = str(Path(base.path).resolve())
+    return sections
+
+
+def fingerprint(sections: dict, base: Manifest) -> str:
+    """What must not change between an interrupted run and its resume: data, training recipe, base."""
+    train = {k: v for k, v in sections["train"].items() if k not in RESUME_FREE_KEYS}
+    blob = json.dumps({"data": sections["data"], "train": train, "base": base.content_hash,
+                       "model_dtype": sections["model"]["dtype"]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_resume(out: Path, fp: str) -> bool:
+    """True when an interrupted run's checkpoint exists; refuses one made with another configuration."""
+    ck = ckpt.latest_checkpoint(partial_dir(out))
+    if ck is None:
+        return False
+    state = ckpt.read_state(ck)
+    if state.get("fingerprint") != fp:
+        raise UserError(
+            f"cannot resume {partial_dir(out)}: it was started with another data/train config or base; "
+            f"restore that config, or drop --resume and delete {partial_dir(out)} to start over"
+        )
+    return True
+
+
+def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> Path:
+    """Fine-tune the LUTs of a sketch per ``cfg``; returns the artifact path (on every process)."""
+    out = Path(output) if output else default_output(cfg)
+    base = resolve_base(cfg)
+    check_output(out, overwrite, resume)
+    accelerator = make_accelerator(cfg.train, partial_dir(out) / "logs")
+    sections = run_config(cfg, base)
+    fp = fingerprint(sections, base)
+    resuming = resume and check_resume(out, fp)
+    dtype = torch_dtype(cfg.model.dtype, str(accelerator.device))
+    model, tokenizer, _ = load_sketch_artifact(base.path, device=accelerator.device, dtype=dtype)
+    data = build_datasets(cfg.data, tokenizer, seed=cfg.train.seed)
+    accelerator.wait_for_everyone()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        if accelerator.is_main_process:
+            _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sections, fp, resuming, resume, overwrite)
+        else:
+            Trainer(accelerator, model, tokenizer, data, cfg.train, partial_dir(out), fp, resuming, write=False).run()
+        accelerator.wait_for_everyone()
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    accelerator.end_training()  # also ends the process group under `accelerate launch`
+    return out
+
+
+def _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sections, fp, resuming, resume, overwrite):
+    try:
+        with write_artifact(out, "finetune", sections, parent=base, overwrite=overwrite, resume=resume,
+                            keep_partial_on_error=True, unhashed=("checkpoints/",)) as writer:
+            if cfg.train.trackers:
+                accelerator.init_trackers("sketchtune-finetune", config=_tracker_config(sections))
+            trainer = Trainer(accelerator, model, tokenizer, data, cfg.train, writer.path, fp, resuming)
+            results = trainer.run()
+            for tracker in accelerator.trackers:  # flush event files before they are hashed
+                tracker.finish()
+            save_file(trainer.lut_tensors(), str(writer.path / LUT_ADAPTER), metadata={"format": "pt"})
+            if cfg.logging.plots:
+                plot_losses(trainer.metrics, writer.path / LOSS_PLOT)
+            writer.results = {**results, "data": data.stats, "lut_dtype": "float32"}
+    except BaseException:
+        # keep the partial directory only when it holds a checkpoint worth resuming
+        if ckpt.latest_checkpoint(partial_dir(out)) is None:
+            shutil.rmtree(partial_dir(out), ignore_errors=True)
+        raise
+
+
+def _tracker_config(sections: dict) -> dict:
+    flat = {}
+    for sec in ("data", "train"):
+        for k, v in sections[sec].items():
+            if isinstance(v, (int, float, str, bool)):
+                flat[f"{sec}.{k}"] = v
+    return flat
