@@ -27,6 +27,7 @@ STAGE_MODULES = [
     "sketchtune_cli.config_cmd",
     "sketchtune_cli.export.command",
     "sketchtune_cli.evaluate.command",
+    "sketchtune_cli.finetune.command",
 ]
 
 _state = {"debug": False}
