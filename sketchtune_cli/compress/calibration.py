@@ -55,8 +55,12 @@ def load_calibration(source: str, tokenizer, num_samples: int, seq_len: int, see
     """Token windows ``[N, L]`` from ``source`` (see the module docstring). Fewer windows than asked is a
     logged reduction of N; not even one window is a UserError."""
     budget = num_samples * seq_len * CHARS_PER_TOKEN_BUDGET
-    docs = calibration_texts(source, seed, budget)
-    stream = tokenize_stream(docs, tokenizer)
+    while True:  # read more text only when the tokenizer packs more characters per token than assumed
+        docs = calibration_texts(source, seed, budget)
+        stream = tokenize_stream(docs, tokenizer)
+        if len(stream) >= num_samples * seq_len or sum(map(len, docs)) < budget:
+            break
+        budget *= 4
     ids = draw_windows(stream, num_samples, seq_len, seed, source)
     return Calibration(ids, source, num_samples, len(stream))
 

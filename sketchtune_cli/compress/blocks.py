@@ -1,0 +1,136 @@
+"""Running one decoder block at a time: capture block 0's inputs, run a block over the calibration
+activations, and find the block's "true sequential" sub-groups.
+
+Only the current block (plus, briefly, the embeddings) lives on the device; activations stay on the device
+or, with ``offload``, on the CPU and move in one sample at a time.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+class StopForward(Exception):
+    """Raised from a hook to end a forward pass once what it needed has been seen."""
+
+
+def to_device(value: Any, device) -> Any:
+    """Tensors (also inside tuples, lists and dicts) moved to ``device``; everything else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def move_outside_blocks(model: nn.Module, blocks_name: str, device) -> None:
+    """Move every parameter and buffer that is NOT inside the decoder blocks (embeddings, rotary
+    frequencies, final norm, lm_head) to ``device``. ``.data`` is swapped so tied weights stay tied."""
+    prefix = blocks_name + "."
+    for name, module in model.named_modules():
+        if name == blocks_name or name.startswith(prefix):
+            continue
+        for p in module.parameters(recurse=False):
+            p.data = p.data.to(device)
+        for key, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[key] = b.to(device)
+
+
+def capture_block_inputs(
+    model: nn.Module, blocks_name: str, calib_ids: torch.Tensor, device, offload: bool
+) -> tuple[list[torch.Tensor], dict]:
+    """Inputs of block 0 for every calibration sequence and the keyword arguments the model passes to
+    its blocks (position_embeddings, attention_mask, position_ids...). A forward pre-hook on block 0 records
+    them and stops the forward, so no block runs. All sequences share one length and carry no padding,
+    so the keyword arguments of the first sequence hold for all."""
+    blocks = model.get_submodule(blocks_name)
+    store = "cpu" if offload else device
+    inputs: list[torch.Tensor] = []
+    captured: dict = {}
+
+    def hook(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        inputs.append(hidden.detach().to(store))
+        if not captured:
+            captured.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise StopForward
+
+    move_outside_blocks(model, blocks_name, device)
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for ids in calib_ids:
+            try:
+                model(input_ids=ids.unsqueeze(0).to(device), use_cache=False)
+            except StopForward:
+                pass
+    finally:
+        handle.remove()
+        move_outside_blocks(model, blocks_name, "cpu")
+    captured["use_cache"] = False
+    captured.pop("past_key_values", None)
+    captured.pop("cache", None)
+    return inputs, to_device(captured, device)
+
+
+def block_output(out: Any) -> torch.Tensor:
+    """Decoder blocks return a tensor (transformers >= 5) or a tuple whose first item is the hidden state."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, device, store=None) -> list[torch.Tensor]:
+    """The block's outputs for every input (kept on ``store``, default where the input was)."""
+    outs = []
+    for x in inputs:
+        y = block_output(block(x.to(device), **kwargs))
+        outs.append(y.detach().to(store if store is not None else x.device))
+    return outs
+
+
+def feed_until(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, device) -> None:
+    """Run the block over every input, tolerating a hook's StopForward (the caller's hooks collect what
+    they need and stop early, so the rest of the block is not computed)."""
+    for x in inputs:
+        try:
+            block(x.to(device), **kwargs)
+        except StopForward:
+            pass
+
+
+@contextmanager
+def pre_hooks(modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None]):
+    """Forward pre-hooks calling ``fn(name, input)`` on each module; removed on exit."""
+    handles = [m.register_forward_pre_hook(lambda _m, args, name=name: fn(name, args[0])) for name, m in modules.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def sequential_groups(block: nn.Module, linears: dict[str, nn.Module], x: torch.Tensor, kwargs: dict, device) -> list[list[str]]:
+    """The block's "true sequential" sub-groups: linears that read the very same input tensor form a
+    group, in the order the forward reaches them. For Llama, Mistral and Qwen2 this is [q,k,v], [o],
+    [gate,up], [down] (METHOD.md §2) without a name table, and any other architecture gets one group
+    per distinct input."""
+    groups: dict[int, list[str]] = {}
+    alive: list[torch.Tensor] = []  # holding every input keeps its id() from being reused by a later one
+
+    def record(name: str, inp: torch.Tensor) -> None:
+        alive.append(inp)
+        group = groups.setdefault(id(inp), [])
+        if name not in group:
+            group.append(name)
+
+    with pre_hooks(linears, record), torch.no_grad():
+        block(x.to(device), **kwargs)
+    order = [n for g in groups.values() for n in g]
+    missing = [n for n in linears if n not in order]
+    if missing:
+        raise ValueError(f"layers {missing[:3]} are not used by the block's forward; exclude them with compress.ignore")
+    return list(groups.values())

@@ -1,0 +1,145 @@
+"""Block checkpoints for ``compress --resume``, kept in the artifact's ``.partial`` directory.
+
+After each finished block: every rank writes the next block's inputs (its share of the calibration
+activations), rank 0 writes the block's sketches (LUTs + unpacked codes) and then ``state.json``
+(config hash, world size, blocks done, per-layer results). ``state.json`` is replaced atomically and
+written last, so it never points at a file that is not complete; stale input files are deleted only after
+it moved on. Saving the activations rather than recomputing them makes a resumed run bit-identical to an
+uninterrupted one. Safetensors + JSON only.
+
+Test hook: ``SKETCHTUNE_TEST_CRASH_AFTER_BLOCK=i`` makes the process exit (code 75) right after block i's
+checkpoint is complete, to test resume against a real crash.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from ..sketch import Sketch
+from .distributed import DistContext
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+STATE = "state.json"
+STATE_FORMAT = "sketchtune.compress-checkpoint/1"
+CRASH_ENV = "SKETCHTUNE_TEST_CRASH_AFTER_BLOCK"
+
+
+@dataclass
+class ResumeState:
+    blocks_done: int
+    results: dict[str, dict]
+    sketches: dict[str, Sketch] = field(default_factory=dict)
+    inputs: list[torch.Tensor] = field(default_factory=list)
+
+
+def read_state(directory: Path) -> dict | None:
+    path = Path(directory) / STATE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is corrupt; delete {directory.parent} and start over") from None
+    if state.get("format") != STATE_FORMAT:
+        raise UserError(f"{path} was written by another sketchtune version; delete {directory.parent} and start over")
+    return state
+
+
+def check_resumable(directory: Path, config_hash: str, world_size: int) -> int:
+    """Blocks already done in ``directory`` (0 when there is nothing to resume). A checkpoint written with
+    another configuration or number of processes is a UserError: its sketches would not match."""
+    state = read_state(directory)
+    if state is None:
+        return 0
+    if state["config_hash"] != config_hash:
+        raise UserError(
+            f"cannot resume: {directory.parent} was started with a different configuration "
+            f"(hash {state['config_hash']} vs {config_hash}); use the same settings or delete it"
+        )
+    if state["world_size"] != world_size:
+        raise UserError(
+            f"cannot resume: {directory.parent} was started with {state['world_size']} processes, this run has "
+            f"{world_size}; relaunch with the same number"
+        )
+    return int(state["blocks_done"])
+
+
+class Checkpointer:
+    """Writes and reads the block checkpoints of one compress run."""
+
+    def __init__(self, directory: str | Path, config_hash: str, dist: DistContext, bits: int):
+        self.dir = Path(directory)
+        self.config_hash, self.dist, self.bits = config_hash, dist, bits
+
+    def _inputs_file(self, block: int, rank: int | None = None) -> Path:
+        return self.dir / f"inputs-rank{self.dist.rank if rank is None else rank}-block{block:04d}.safetensors"
+
+    def _block_file(self, block: int) -> Path:
+        return self.dir / f"block{block:04d}.safetensors"
+
+    def load(self, device, offload: bool) -> ResumeState | None:
+        """The state to continue from, or None to start from block 0."""
+        done = check_resumable(self.dir, self.config_hash, self.dist.world_size)
+        if done == 0:
+            return None
+        state = read_state(self.dir)
+        sketches: dict[str, Sketch] = {}
+        for b in range(done):
+            sketches.update(self._read_sketches(self._block_file(b)))
+        hidden = load_file(str(self._inputs_file(done)))["hidden"]
+        store = "cpu" if offload else device
+        inputs = [h.unsqueeze(0).to(store) for h in hidden]
+        log.info("resuming after %d finished blocks (%s)", done, self.dir.parent)
+        return ResumeState(done, state["results"], sketches, inputs)
+
+    def _read_sketches(self, path: Path) -> dict[str, Sketch]:
+        tensors = load_file(str(path))
+        names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+        return {n: Sketch(tensors[f"{n}.lut"], tensors[f"{n}.codes"], self.bits) for n in names}
+
+    def save_block(self, block: int, sketches: dict[str, Sketch], results: dict[str, dict],
+                   next_inputs: list[torch.Tensor]) -> None:
+        """Checkpoint block ``block`` (0-based) as finished; ``results`` holds all layers so far."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        hidden = torch.cat([x.detach().cpu() for x in next_inputs]) if next_inputs else torch.empty(0)
+        _atomic_save({"hidden": hidden.contiguous()}, self._inputs_file(block + 1))
+        if self.dist.is_main:
+            tensors = {}
+            for name, s in sketches.items():
+                tensors[f"{name}.lut"] = s.lut.detach().cpu().contiguous()
+                tensors[f"{name}.codes"] = s.codes.detach().cpu().contiguous()
+            _atomic_save(tensors, self._block_file(block))
+        self.dist.barrier()
+        if self.dist.is_main:
+            state = {"format": STATE_FORMAT, "config_hash": self.config_hash, "world_size": self.dist.world_size,
+                     "blocks_done": block + 1, "results": results}
+            tmp = self.dir / (STATE + ".tmp")
+            tmp.write_text(json.dumps(state, indent=1) + "\n")
+            os.replace(tmp, self.dir / STATE)
+        self.dist.barrier()
+        self._inputs_file(block).unlink(missing_ok=True)
+        _maybe_crash(block)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def _maybe_crash(block: int) -> None:
+    """The documented test hook: die like a killed process once block ``block`` is safely checkpointed."""
+    target = os.environ.get(CRASH_ENV)
+    if target is not None and target.strip() == str(block):
+        log.warning("%s=%s: exiting after checkpointing block %d (test hook)", CRASH_ENV, target, block)
+        logging.shutdown()
+        os._exit(75)

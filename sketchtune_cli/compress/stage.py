@@ -1,0 +1,119 @@
+"""The compress stage end to end: config -> model + calibration -> pipeline -> sketch artifact.
+
+Everything that can be wrong with the input (model name, groups_per_row, calibration source, existing
+output, a resume of another configuration) is checked before the artifact directory is created, so bad
+input leaves nothing behind. Once work starts, the ``.partial`` directory is kept on failure: it holds the
+block checkpoints ``--resume`` continues from.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..artifacts import check_output, partial_dir, write_artifact
+from ..errors import UserError
+from ..config import RunConfig, config_hash
+from ..models import load_model, torch_dtype
+from ..sketch import find_target_linears, replace_with_sketches, save_sketch
+from . import distributed
+from .calibration import load_calibration
+from .checkpoint import CHECKPOINT_DIR, check_resumable
+from .pipeline import check_targets, compress_model, resolve_device
+from .reporting import PLOT_NAME, LayerProgress, plot_errors, print_summary, summarize
+
+log = logging.getLogger(__name__)
+
+# Settings that change where or how fast compress runs, not what it computes: a resume may change them.
+RESUME_FREE = {"compress": ("device", "offload_activations")}
+
+
+def default_output(model_name: str, bits: int, groups_per_row: int) -> Path:
+    """``runs/<model-name>-sketch-b{bits}g{G}``."""
+    name = Path(model_name.rstrip("/")).name.removesuffix(".gguf") or "model"
+    return Path("runs") / f"{name}-sketch-b{bits}g{groups_per_row}"
+
+
+def resume_hash(config: dict) -> str:
+    """Hash of the settings a checkpoint depends on (everything but RESUME_FREE)."""
+    trimmed = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for section, keys in RESUME_FREE.items():
+        for key in keys:
+            trimmed.get(section, {}).pop(key, None)
+    return config_hash(trimmed)
+
+
+def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bool = False,
+                 overwrite: bool = False, plot: bool = False) -> Path:
+    """Compress ``cfg.model.name`` with ``cfg.compress`` into a sketch artifact; returns its path (on every
+    rank; only rank 0 writes)."""
+    start = time.perf_counter()
+    dist = distributed.init_from_env()
+    settings = cfg.compress
+    out = Path(output or default_output(cfg.model.name, settings.bits, settings.groups_per_row))
+    config = cfg.section_dict("model", "compress")
+    chash = resume_hash(config)
+    check_output(out, overwrite, resume)
+    if resume:
+        check_resumable(partial_dir(out) / CHECKPOINT_DIR, chash, dist.world_size)
+    device = resolve_device(settings.device, dist)
+    model, tokenizer = load_model(cfg.model.name, dtype=torch_dtype(cfg.model.dtype, str(device)), device="cpu")
+    check_targets(find_target_linears(model, settings.targets, settings.ignore), settings)
+    calib = load_calibration(settings.calib, tokenizer, settings.num_samples, settings.seq_len, settings.seed)
+    if calib.num_samples < dist.world_size:
+        raise UserError(f"{calib.num_samples} calibration samples cannot be shared by {dist.world_size} processes")
+    log.info("compress %s -> %s: %d x %d calibration tokens from %s, %d bits, %d groups per row, device %s%s",
+             cfg.model.name, out, calib.num_samples, settings.seq_len, settings.calib, settings.bits,
+             settings.groups_per_row, device, f", {dist.world_size} processes" if dist.enabled else "")
+    with _artifact(out, config, overwrite, resume, dist) as writer:
+        dist.barrier()  # rank 0 has created the .partial directory the checkpoints go to
+        ckpt_dir = Path(writer.path) / CHECKPOINT_DIR
+        total = len(find_target_linears(model, settings.targets, settings.ignore))
+        with LayerProgress(total, enabled=dist.is_main) as progress:
+            result = compress_model(model, calib.input_ids, settings, device, checkpoint_dir=ckpt_dir,
+                                    config_hash=chash, resume=resume, on_layer=progress.update, dist=dist)
+        if dist.is_main:
+            _save(model, tokenizer, result, settings, calib, writer.path)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            summary = summarize(result.layers)
+            wall = time.perf_counter() - start
+            if plot:
+                plot_errors(result.layers, Path(writer.path) / PLOT_NAME)
+            writer.results.update(layers=result.layers, summary=summary, calibration=calib.describe(),
+                                  world_size=dist.world_size, device=str(device), wall_seconds=round(wall, 2),
+                                  resumed_blocks=result.resumed_blocks)
+            print_summary(summary, wall)
+    dist.barrier()
+    return out
+
+
+def _save(model, tokenizer, result, settings, calib, directory) -> None:
+    """Convert the model to SketchedLinear layers and write it as an HF directory."""
+    if settings.dtype != "auto":
+        model.to(torch_dtype(settings.dtype))
+    replace_with_sketches(model, result.sketches, lut_dtype=getattr(torch, settings.lut_dtype))
+    save_sketch(model, tokenizer, directory, calibration=calib.source, num_samples=calib.num_samples,
+                seq_len=int(calib.input_ids.shape[1]), seed=settings.seed)
+
+
+@dataclass
+class _Follower:
+    """What ranks other than 0 see of the artifact writer: the shared ``.partial`` path."""
+
+    path: Path
+    results: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _artifact(out: Path, config: dict, overwrite: bool, resume: bool, dist):
+    if dist.is_main:
+        with write_artifact(out, "sketch", config, overwrite=overwrite, resume=resume,
+                            keep_partial_on_error=True) as writer:
+            yield writer
+    else:
+        yield _Follower(partial_dir(out))
