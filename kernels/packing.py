@@ -24,30 +24,33 @@ def packed_len(group_size: int, bits: int) -> int:
     return (group_size * bits + 7) // 8
 
 
-def _bit_weights(bits: int, device) -> torch.Tensor:
-    return 2 ** torch.arange(bits - 1, -1, -1, device=device, dtype=torch.int32)
+# Codes per chunk and bytes per chunk: a chunk is the smallest run of codes that fills whole bytes.
+_CHUNK = {2: (4, 1), 3: (8, 3), 4: (2, 1)}
+
+
+def _shifts(bits: int, device) -> torch.Tensor:
+    """Right shifts that bring each code of a chunk word to the bottom, first code (MSB) first."""
+    per_chunk, nbytes = _CHUNK[bits]
+    return torch.arange(per_chunk - 1, -1, -1, device=device, dtype=torch.int32) * bits
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """``codes`` uint8 ``[rows, G, n]`` with values < 2**bits -> packed uint8 ``[rows, G, packed_len(n)]``."""
+    """``codes`` uint8 ``[rows, G, n]`` with values < 2**bits -> packed uint8 ``[rows, G, packed_len(n)]``.
+
+    Works chunk-wise (4 codes -> 1 byte at 2 bits, 8 codes -> 3 bytes at 3 bits, 2 -> 1 at 4 bits) in int32,
+    which keeps temporaries a few bytes per code even for 14336-wide layers."""
     check_bits(bits)
     if codes.dim() != 3:
         raise ValueError(f"codes must be [rows, groups, group_size], got shape {tuple(codes.shape)}")
     rows, groups, n = codes.shape
-    c = codes.to(torch.int32)
-    if c.numel() and int(c.max()) >= 2**bits:
-        raise ValueError(f"code {int(c.max())} does not fit in {bits} bits")
-    if bits == 4:  # fast path, the authors' layout
-        if n % 2:
-            c = torch.nn.functional.pad(c, (0, 1))
-        return ((c[..., 0::2] << 4) | c[..., 1::2]).to(torch.uint8)
-    # General path: expand to a bitstream, pad to whole bytes, fold 8 bits into a byte.
-    shifts = torch.arange(bits - 1, -1, -1, device=codes.device, dtype=torch.int32)
-    stream = ((c.unsqueeze(-1) >> shifts) & 1).reshape(rows, groups, n * bits)
-    nbytes = packed_len(n, bits)
-    stream = torch.nn.functional.pad(stream, (0, nbytes * 8 - n * bits))
-    byte_weights = 2 ** torch.arange(7, -1, -1, device=codes.device, dtype=torch.int32)
-    return (stream.reshape(rows, groups, nbytes, 8) * byte_weights).sum(-1).to(torch.uint8)
+    if codes.numel() and int(codes.max()) >= 2**bits:
+        raise ValueError(f"code {int(codes.max())} does not fit in {bits} bits")
+    per_chunk, chunk_bytes = _CHUNK[bits]
+    c = torch.nn.functional.pad(codes.to(torch.int32), (0, -n % per_chunk))
+    words = (c.reshape(rows, groups, -1, per_chunk) << _shifts(bits, codes.device)).sum(-1, dtype=torch.int32)
+    byte_shifts = torch.arange(chunk_bytes - 1, -1, -1, device=codes.device, dtype=torch.int32) * 8
+    packed = ((words.unsqueeze(-1) >> byte_shifts) & 0xFF).to(torch.uint8).reshape(rows, groups, -1)
+    return packed[..., : packed_len(n, bits)].contiguous()
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
@@ -59,11 +62,14 @@ def unpack_codes(packed: torch.Tensor, bits: int, group_size: int) -> torch.Tens
             f"packed codes have {nbytes} bytes per group, expected {packed_len(group_size, bits)} "
             f"for {group_size} codes of {bits} bits"
         )
-    p = packed.to(torch.int32)
-    if bits == 4:
-        out = torch.stack((p >> 4, p & 0xF), dim=-1).reshape(rows, groups, nbytes * 2)
-        return out[..., :group_size].to(torch.uint8)
-    shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.int32)
-    stream = ((p.unsqueeze(-1) >> shifts) & 1).reshape(rows, groups, nbytes * 8)
-    stream = stream[..., : group_size * bits].reshape(rows, groups, group_size, bits)
-    return (stream * _bit_weights(bits, packed.device)).sum(-1).to(torch.uint8)
+    if bits == 4:  # uint8 all the way: the hot path of the CPU forward
+        out = torch.stack((packed >> 4, packed & 0xF), dim=-1).reshape(rows, groups, nbytes * 2)
+        return out[..., :group_size]
+    per_chunk, chunk_bytes = _CHUNK[bits]
+    p = torch.nn.functional.pad(packed, (0, -nbytes % chunk_bytes)).reshape(rows, groups, -1, chunk_bytes)
+    if chunk_bytes == 1:
+        words = p[..., 0]
+    else:
+        words = (p[..., 0].to(torch.int32) << 16) | (p[..., 1].to(torch.int32) << 8) | p[..., 2].to(torch.int32)
+    out = (words.unsqueeze(-1) >> _shifts(bits, packed.device).to(words.dtype)) & (2**bits - 1)
+    return out.to(torch.uint8).reshape(rows, groups, -1)[..., :group_size]
