@@ -106,7 +106,9 @@ def select(names: list[str], have_data_dir: bool) -> Selection:
         requested.append(mapped)
     if not requested:
         raise UserError("no tasks given; pass --tasks, e.g. --tasks gsm8k,arc_easy")
-    return Selection(paper, harness, requested)
+    # lm-eval refuses a task listed twice: a task also inside a requested group runs (and shows) once
+    in_groups = {t for g in requested if g in GROUPS for t in GROUPS[g]}
+    return Selection(paper, harness, [n for n in requested if n not in in_groups])
 
 
 def check_data(paper: list[str], data_dir: str | Path | None) -> None:
