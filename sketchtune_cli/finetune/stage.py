@@ -79,6 +79,8 @@ def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, ov
     base = resolve_base(cfg)
     check_output(out, overwrite, resume)
     accelerator = make_accelerator(cfg.train, partial_dir(out) / "logs")
+    if not accelerator.is_main_process:  # one copy of progress and warnings, from the main process
+        logging.getLogger("sketchtune_cli").setLevel(logging.ERROR)
     sections = run_config(cfg, base)
     fp = fingerprint(sections, base)
     resuming = resume and check_resume(out, fp)

@@ -45,11 +45,13 @@ def resolve_mixed_precision(setting: str, cuda: bool) -> str:
 def make_accelerator(train, project_dir: Path):
     """A fresh Accelerator (its per-process state is reset so several runs can share one process)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    cuda = PartialState().device.type == "cuda"
+    # Accelerate sets up CPU multi-process (gloo, e.g. under torchrun) only when told cpu=True.
+    cuda = torch.cuda.is_available()
     return Accelerator(
+        cpu=not cuda,
         mixed_precision=resolve_mixed_precision(train.mixed_precision, cuda),
         log_with=list(train.trackers) or None,
         project_dir=str(project_dir),
