@@ -6,7 +6,10 @@ centroids holds x", so after sorting each problem's values once, a whole iterati
 ``searchsorted`` of the k-1 midpoints into the sorted values plus differences of prefix sums of ``w`` and
 ``w*x``: O(k log n) per problem and iteration instead of O(n k). The prefix sums are float64 because the
 sample weights (``d_j^-p``) span many orders of magnitude and float32 differences of large running sums
-would lose the light clusters. Memory is O(chunk * n), chunked over the leading dimension.
+would lose the light clusters. k-means++ works on the same prefix sums: a draw with probability
+~ w D^2 picks a cluster by its potential and bisects inside it, and a candidate's gain only involves the
+samples between the midpoints to its neighbours, so the greedy variant costs no pass over the data either.
+Memory is O(chunk * n), chunked over the leading dimension.
 """
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-# bytes of working memory per element of a chunk: sorted values, weights, two float64 prefix sums,
-# k-means++ distances and probabilities, sort indices
+# bytes of working memory per element of a chunk: sorted values and weights, three float64 prefix sums,
+# transient sort indices
 _BYTES_PER_ELEMENT = 48
 
 
@@ -93,16 +96,25 @@ def _kmeans_flat(x, w, k, iters, init, gen, local_trials, track):
     xs, order = x.sort(dim=1)
     ws = w.gather(1, order)
     del order
-    c = _initial_centroids(xs, ws, k, init, gen, local_trials).sort(dim=1).values
-    w64 = ws.double()
-    cw = F.pad(w64.cumsum(1), (1, 0))
-    cwx = F.pad((w64 * xs.double()).cumsum(1), (1, 0))
-    del w64
+    # work relative to each problem's median: keeps the float64 prefix sums (and the w*x^2 potentials
+    # built from them) free of cancellation when the values sit far from zero
+    shift = xs[:, xs.shape[1] // 2:xs.shape[1] // 2 + 1].clone()
+    xs = xs - shift
+    sums = _PrefixSums(xs, ws)
+    if isinstance(init, torch.Tensor):
+        c = init.to(xs.device, torch.float32) - shift
+    elif init == "quantile":
+        c = _quantile_init(xs, k)
+    elif init == "kmeans++":
+        c = _kmeans_pp(sums, k, gen, local_trials)
+    else:
+        raise ValueError(f"unknown k-means init {init!r}: use 'kmeans++', 'quantile' or a tensor")
+    c = c.sort(dim=1).values
     history = [_sorted_objective(xs, ws, c)] if track else []
     can_reseed = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     prev_bounds, converged, it = None, False, 0
     for it in range(1, iters + 1):
-        c_new, bounds, empty = _lloyd_step(xs, cw, cwx, c)
+        c_new, bounds, empty = _lloyd_step(xs, sums.w, sums.wx, c)
         reseeded = _reseed_empty(xs, ws, c_new, empty, can_reseed)
         c = c_new.sort(dim=1).values
         if track:
@@ -111,7 +123,28 @@ def _kmeans_flat(x, w, k, iters, init, gen, local_trials, track):
             converged = True
             break
         prev_bounds = bounds
-    return c, history, it, converged
+    return c + shift, history, it, converged
+
+
+class _PrefixSums:
+    """Float64 prefix sums of w, w*x, w*x^2 over sorted values, each with a leading 0: the sum over
+    samples [lo, hi) of anything is two gathers."""
+
+    def __init__(self, xs, ws):
+        self.xs = xs
+        w64, x64 = ws.double(), xs.double()
+        self.w = F.pad(w64.cumsum(1), (1, 0))
+        self.wx = F.pad((w64 * x64).cumsum(1), (1, 0))
+        self.wxx = F.pad((w64 * x64 * x64).cumsum(1), (1, 0))
+
+    @staticmethod
+    def between(prefix, lo, hi):
+        return prefix.gather(1, hi) - prefix.gather(1, lo)
+
+    def cost(self, lo, hi, c):
+        """sum over [lo, hi) of w (x - c)^2, per entry of the index tensors (c float64)."""
+        sw, swx, swxx = (self.between(p, lo, hi) for p in (self.w, self.wx, self.wxx))
+        return (swxx - 2 * c * swx + c * c * sw).clamp(min=0)
 
 
 def _lloyd_step(xs, cw, cwx, c):
@@ -163,42 +196,90 @@ def _sorted_objective(xs, ws, c):
     return (ws.double() * (xs - c_sorted.gather(1, assign)).double().square()).sum(1)
 
 
-def _initial_centroids(xs, ws, k, init, gen, local_trials):
-    if isinstance(init, torch.Tensor):
-        return init.to(xs.device, torch.float32)
-    if init == "quantile":
-        n = xs.shape[1]
-        pos = ((torch.arange(k, device=xs.device, dtype=torch.float64) + 0.5) / k * n).long().clamp(max=n - 1)
-        return xs[:, pos]
-    if init == "kmeans++":
-        return _kmeans_pp(xs, ws, k, gen, local_trials)
-    raise ValueError(f"unknown k-means init {init!r}: use 'kmeans++', 'quantile' or a tensor")
+def _quantile_init(xs, k):
+    """Unweighted quantiles of the values: the naive start the paper's ablation compares against."""
+    n = xs.shape[1]
+    pos = ((torch.arange(k, device=xs.device, dtype=torch.float64) + 0.5) / k * n).long().clamp(max=n - 1)
+    return xs[:, pos]
 
 
-def _safe_probs(p, fallback):
-    """Rows of ``p`` summing to zero (every sample already a centroid) fall back to ``fallback``."""
-    dead = p.sum(1, keepdim=True) <= 0
-    return torch.where(dead, fallback, p)
+def _sample_by_prefix(prefix_w, u):
+    """Index of the sample where the cumulative weight first exceeds ``u`` ([B, m])."""
+    n = prefix_w.shape[1] - 1
+    return torch.searchsorted(prefix_w[:, 1:].contiguous(), u.contiguous(), right=True).clamp(max=n - 1)
 
 
-def _kmeans_pp(xs, ws, k, gen, local_trials):
-    """Weighted k-means++: each next centroid is a sample drawn with probability ~ w * D^2."""
-    ones = torch.ones_like(ws)
-    base = _safe_probs(ws, ones)
-    c = torch.empty(xs.shape[0], k, device=xs.device, dtype=xs.dtype)
-    first = torch.multinomial(base, 1, generator=gen)
-    c[:, 0] = xs.gather(1, first).squeeze(1)
-    d2 = (xs - c[:, :1]).square()
-    for t in range(1, k):
-        probs = _safe_probs(ws * d2, base)
-        cand = torch.multinomial(probs, local_trials, replacement=True, generator=gen)
-        cand_x = xs.gather(1, cand)  # [B, T]
-        if local_trials == 1:
-            pick = cand_x[:, 0]
-        else:  # greedy: keep the candidate that lowers the weighted potential most
-            pots = torch.stack([(ws * torch.minimum(d2, (xs - cand_x[:, j:j + 1]).square())).sum(1)
-                                for j in range(local_trials)], 1)
-            pick = cand_x.gather(1, pots.argmin(1, keepdim=True)).squeeze(1)
-        c[:, t] = pick
-        d2 = torch.minimum(d2, (xs - pick.unsqueeze(1)).square())
+def _cluster_bounds(xs, c):
+    """[lo, hi) sample ranges of the clusters of sorted centroids ``c`` [B, j]."""
+    n = xs.shape[1]
+    mids = ((c[:, 1:] + c[:, :-1]) * 0.5).contiguous()
+    bounds = torch.searchsorted(xs, mids)
+    return F.pad(bounds, (1, 0), value=0), F.pad(bounds, (0, 1), value=n)
+
+
+def _sample_by_potential(sums, c, trials, gen):
+    """``trials`` samples per problem drawn with probability ~ w * D(x)^2, D = distance to the nearest of
+    the sorted centroids ``c``: pick a cluster by its potential, then bisect inside it on the cumulative
+    potential. O(k + log n) per draw, no pass over the samples."""
+    xs = sums.xs
+    B, n = xs.shape
+    lo, hi = _cluster_bounds(xs, c)
+    c64 = c.double()
+    pot = sums.cost(lo, hi, c64)  # [B, j]
+    cum = pot.cumsum(1)
+    total = cum[:, -1:]
+    u = torch.rand(B, trials, generator=gen, device=xs.device, dtype=torch.float64) * total
+    t = torch.searchsorted(cum.contiguous(), u.contiguous(), right=True).clamp(max=c.shape[1] - 1)
+    r = u - (cum.gather(1, t) - pot.gather(1, t))  # potential left to cover inside cluster t
+    a, b, ct = lo.gather(1, t) + 1, hi.gather(1, t), c64.gather(1, t)
+    start = lo.gather(1, t)
+    for _ in range(max(1, math.ceil(math.log2(n + 1)))):  # smallest e in [a, b] with cost(start, e) > r
+        m = (a + b) // 2
+        above = sums.cost(start, m.clamp(max=n), ct) > r
+        b = torch.where(above & (a < b), m, b)
+        a = torch.where(~above & (a < b), m + 1, a)
+    idx = (b - 1).clamp(0, n - 1)
+    # problems with zero potential (every sample already a centroid): draw by weight instead
+    flat = (total <= 0).expand_as(idx)
+    if bool(flat.any()):
+        by_weight = _sample_by_prefix(sums.w, torch.rand(B, trials, generator=gen, device=xs.device,
+                                                         dtype=torch.float64) * sums.w[:, -1:])
+        idx = torch.where(flat, by_weight, idx)
+    return xs.gather(1, idx)
+
+
+def _gain(sums, c, y):
+    """Decrease of the weighted potential if candidates ``y`` [B, T] joined the sorted centroids ``c``:
+    only samples between the midpoints to y's neighbours move, and for them
+    w (x - c_old)^2 - w (x - y)^2 = w (c_old - y)(c_old + y - 2x)."""
+    xs = sums.xs
+    n, j = xs.shape[1], c.shape[1]
+    pos = torch.searchsorted(c.contiguous(), y.contiguous())
+    left = c.gather(1, (pos - 1).clamp(min=0))
+    right = c.gather(1, pos.clamp(max=j - 1))
+    left = torch.where(pos == 0, right, left)
+    right = torch.where(pos == j, left, right)
+    i1 = torch.where(pos == 0, torch.zeros_like(pos), torch.searchsorted(xs, ((left + y) * 0.5).contiguous()))
+    i2 = torch.where(pos == j, torch.full_like(pos, n), torch.searchsorted(xs, ((y + right) * 0.5).contiguous()))
+    im = torch.searchsorted(xs, ((left + right) * 0.5).contiguous()).clamp(min=i1)
+    im = torch.minimum(im, i2)
+    y64, l64, r64 = y.double(), left.double(), right.double()
+    b = _PrefixSums.between
+    gain_l = (l64 - y64) * ((l64 + y64) * b(sums.w, i1, im) - 2 * b(sums.wx, i1, im))
+    gain_r = (r64 - y64) * ((r64 + y64) * b(sums.w, im, i2) - 2 * b(sums.wx, im, i2))
+    return gain_l + gain_r
+
+
+def _kmeans_pp(sums, k, gen, local_trials):
+    """Weighted k-means++ (greedy with ``local_trials`` candidates per step), on prefix sums only."""
+    xs = sums.xs
+    B = xs.shape[0]
+    u = torch.rand(B, 1, generator=gen, device=xs.device, dtype=torch.float64) * sums.w[:, -1:]
+    c = xs.gather(1, _sample_by_prefix(sums.w, u))
+    for _ in range(1, k):
+        cand = _sample_by_potential(sums, c, local_trials, gen)
+        if local_trials > 1:
+            best = _gain(sums, c, cand).argmax(1, keepdim=True)
+            cand = cand.gather(1, best)
+        c = torch.cat([c, cand[:, :1]], 1).sort(dim=1).values
     return c
