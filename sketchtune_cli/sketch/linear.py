@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sketchtune_kernels import SUPPORTED_BITS, lut_dequant, lut_grad, lut_matmul, packed_len
+from sketchtune_kernels import SUPPORTED_BITS, lut_dequant, lut_grad_from_io, lut_matmul, packed_len
 
 
 def check_sketch_shape(in_features: int, bits: int, groups_per_row: int, name: str = "layer") -> None:
@@ -23,8 +23,8 @@ def check_sketch_shape(in_features: int, bits: int, groups_per_row: int, name: s
 
 class _LutLinearFn(torch.autograd.Function):
     """y = x @ W_hat^T (+ bias). Backward: grad_x = grad_y @ W_hat and grad_lut = scatter-add of
-    grad_y^T x over the codes. W_hat is re-gathered in backward instead of being saved, so training holds
-    no dense weights between forward and backward."""
+    grad_y^T x over the codes (fp32 accumulation, deterministic). W_hat is re-gathered in backward instead
+    of being saved, so training holds no dense weights between forward and backward."""
 
     @staticmethod
     def forward(ctx, x, lut, codes, bias, bits, in_features, use_fused):
@@ -46,10 +46,8 @@ class _LutLinearFn(torch.autograd.Function):
             w = lut_dequant(lut, codes, ctx.bits, ctx.in_features).to(grad_y.dtype)
             grad_x = grad_y @ w
         if ctx.needs_input_grad[1]:
-            gy = grad_y.reshape(-1, grad_y.shape[-1])
-            gx = x.reshape(-1, x.shape[-1]).to(gy.dtype)
-            grad_w = gy.t().float() @ gx.float()  # fp32 accumulation, [rows, cols]
-            grad_lut = lut_grad(grad_w, codes, ctx.bits, lut.shape[1]).to(lut.dtype)
+            # On CUDA the fused kernel bins grad_y^T x tile by tile: the dense weight gradient never exists.
+            grad_lut = lut_grad_from_io(grad_y, x, codes, ctx.bits, lut.shape[1]).to(lut.dtype)
         return grad_x, grad_lut, None, None, None, None, None
 
 
