@@ -1,0 +1,63 @@
+"""Fixtures of the compress tests: tiny random models saved as HF directories with a tiny offline
+tokenizer, so the real CLI can load them (no hub, no embedded model)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import tiny_llama
+
+VOCAB = 128
+
+
+def tiny_tokenizer():
+    """A 128-token BPE trained in memory on CPython's pydoc text (offline, ~0.1 s)."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "</s>"], limit_alphabet=90,
+                                  show_progress=False)
+    tok.train_from_iterator([topics[k] for k in sorted(topics)][:20], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
+
+
+def save_tiny_model(directory: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
+    model = tiny_llama(seed, family=family, vocab_size=VOCAB, **overrides)
+    model.save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama (2 blocks, hidden 64) as a local HF model directory."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2 (q/k/v biases), hidden 96: groups_per_row=5 does not divide it."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), family="qwen2", hidden_size=96,
+                           intermediate_size=192, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the real ``sketchtune`` entry point in-process: returns (exit code, stdout, stderr)."""
+    from sketchtune_cli.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
