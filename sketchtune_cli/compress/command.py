@@ -46,6 +46,7 @@ def compress_command(
 ):
     """Compress a model into fine-tunable sketches (LUTs + frozen codes), calibrated layer by layer."""
     from ..config import load_config
+    from .distributed import env_rank
     from .stage import run_compress
 
     overrides = list(overrides or [])
@@ -57,7 +58,8 @@ def compress_command(
               "compress.device": device, "compress.offload_activations": offload_activations or None}
     cfg = load_config(config, overrides, values=values)
     out = run_compress(cfg, output, resume=resume, overwrite=overwrite, plot=plot)
-    typer.echo(str(out))
+    if env_rank() == 0:  # one path on stdout even with several processes
+        typer.echo(str(out))
 
 
 def register(app: typer.Typer) -> None:

@@ -14,6 +14,9 @@ import torch
 import torch.distributed as dist
 
 
+_owned: list[bool] = []  # set when this module initialised the process group
+
+
 @dataclass(frozen=True)
 class DistContext:
     rank: int = 0
@@ -72,7 +75,20 @@ def init_from_env() -> DistContext:
         if backend == "nccl":
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend)
+        _owned.append(True)
     return current()
+
+
+def shutdown() -> None:
+    """Leave the process group if ``init_from_env`` created it (a launcher's own group is left alone)."""
+    if _owned and dist.is_initialized():
+        dist.destroy_process_group()
+        _owned.clear()
+
+
+def env_rank() -> int:
+    """The global rank a launcher gave this process (0 without a launcher)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def local_rank() -> int:
