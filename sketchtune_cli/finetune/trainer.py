@@ -87,7 +87,11 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Recompute decoder blocks in backward. With a frozen base nothing entering a checkpointed block
     requires grad, and reentrant checkpointing would then drop the LUT gradients silently: make the
     embedding output require grad (and use the non-reentrant variant, which does not need it)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.enable_input_require_grads()
 
 

@@ -1,0 +1,172 @@
+"""Training on a tiny random sketch: only LUTs train, loss falls, adapters reload exactly, gradient
+checkpointing is exact, and bad input fails with one line without losing anything."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from ft_helpers import FAST, run_cli
+from safetensors.torch import load_file, save_file
+
+from sketchtune_cli.artifacts import partial_dir, read_manifest
+from sketchtune_cli.config import load_config
+from sketchtune_cli.finetune.data import build_datasets, collate
+from sketchtune_cli.finetune.trainer import (
+    Trainer, enable_gradient_checkpointing, make_accelerator, token_loss_sum, trainable_luts,
+)
+from sketchtune_cli.loading import LUT_ADAPTER, apply_lut_file, load_any, load_sketch_artifact
+
+
+def _tree_digest(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base, tmp_path_factory):
+    """One CLI run: 8 steps on 8 demo records (memorisable, so the loss must fall), with eval."""
+    out = tmp_path_factory.mktemp("ft") / "run"
+    code, stdout, stderr = run_cli(
+        "finetune", "--base", str(tiny_base), "-o", str(out), *FAST, "data.limit=8", "train.max_steps=8",
+        "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4", "train.eval_every=4", "logging.plots=true",
+    )
+    assert code == 0, stderr
+    return out, stdout, stderr
+
+
+def _one_batch(base, n=2):
+    cfg = load_config(None, FAST)
+    model, tok, _ = load_sketch_artifact(base, dtype=torch.float32)
+    data = build_datasets(cfg.data, tok)
+    return model, tok, data, collate(data.train[:n], tok.pad_token_id)
+
+
+def test_cli_writes_artifact_and_loss_falls(trained, tiny_base):
+    out, stdout, stderr = trained
+    assert stdout.strip() == str(out)  # only the path on stdout
+    assert "step 8/8" in stderr and "tok/s" in stderr and "ETA" in stderr
+    m = read_manifest(out, stage="finetune")
+    base = read_manifest(tiny_base)
+    assert m.parent["content_hash"] == base.content_hash
+    assert m.config["train"]["base"] == str(tiny_base.resolve())
+    assert LUT_ADAPTER in m.files and not any(f.startswith("checkpoints/") for f in m.files)
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if "loss" in r]
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.05
+    assert any("eval_loss" in r for r in recs) and m.results["eval_loss"] is not None
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert m.results["trainable_params"] == sum(t.numel() for t in load_file(str(out / LUT_ADAPTER)).values())
+
+
+def test_only_luts_change(trained, tiny_base):
+    out, _, _ = trained
+    ft = load_any(out, dtype=torch.float32).model.state_dict()
+    base = load_any(tiny_base, dtype=torch.float32).model.state_dict()
+    assert ft.keys() == base.keys()
+    changed = {k for k in ft if not torch.equal(ft[k], base[k])}
+    luts = {k for k in ft if k.endswith(".lut")}
+    assert changed == luts  # every LUT moved; codes, norms, embeddings, lm_head are bit-identical
+
+
+def test_adapter_equals_final_checkpoint(trained):
+    out, _, _ = trained
+    final = sorted((out / "checkpoints").glob("step-*"))[-1]
+    a, b = load_file(str(out / LUT_ADAPTER)), load_file(str(final / "luts.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_trained_luts_reload_to_identical_logits(tiny_base, tmp_path):
+    cfg = load_config(None, FAST + ["train.max_steps=2"])
+    model, tok, data, batch = _one_batch(tiny_base)
+    trainer = Trainer(make_accelerator(cfg.train, tmp_path / "logs"), model, tok, data, cfg.train, tmp_path, "fp")
+    trainer.run()
+    save_file(trainer.lut_tensors(), str(tmp_path / LUT_ADAPTER))
+    model.eval()
+    with torch.no_grad():
+        ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        fresh, _, _ = load_sketch_artifact(tiny_base, dtype=torch.float32)
+        apply_lut_file(fresh, tmp_path / LUT_ADAPTER)
+        got = fresh(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(got, ref)
+
+
+def _lut_grads(base, checkpointing: str | None) -> tuple[dict, set]:
+    model, _, _, batch = _one_batch(base)
+    luts = trainable_luts(model)
+    if checkpointing == "ours":
+        enable_gradient_checkpointing(model)
+    elif checkpointing == "reentrant":
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+        model.enable_input_require_grads()
+    model.train()
+    loss = token_loss_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if checkpointing:
+        assert model.is_gradient_checkpointing
+    return {n: p.grad.clone() for n, p in luts.items()}, trainable
+
+
+def test_gradient_checkpointing_gives_the_same_grads(tiny_base):
+    plain, trainable = _lut_grads(tiny_base, None)
+    assert trainable == set(plain) and all(n.endswith(".lut") for n in trainable)
+    assert all(g.abs().sum() > 0 for g in plain.values())
+    for mode in ("ours", "reentrant"):
+        ckpt, _ = _lut_grads(tiny_base, mode)
+        for n in plain:
+            torch.testing.assert_close(ckpt[n], plain[n], rtol=1e-5, atol=1e-7)
+
+
+# ---- bad input: one line, exit 2, nothing lost --------------------------------------------------------
+
+def _one_line_error(code, stderr):
+    assert code == 2
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr
+    return errors[0]
+
+
+def test_unknown_config_key(tiny_base, tmp_path):
+    code, _, err = run_cli("finetune", "--base", str(tiny_base), "-o", str(tmp_path / "x"), *FAST, "train.lrr=1")
+    assert "train.lrr" in _one_line_error(code, err) and not (tmp_path / "x").exists()
+
+
+def test_base_must_be_a_sketch(trained, tmp_path):
+    out, _, _ = trained
+    code, _, err = run_cli("finetune", "--base", str(out), "-o", str(tmp_path / "x"), *FAST)
+    assert "finetune artifact, expected sketch" in _one_line_error(code, err)
+    code, _, err = run_cli("finetune", "--base", str(tmp_path), "-o", str(tmp_path / "x"), *FAST)
+    assert "not a sketchtune artifact" in _one_line_error(code, err)
+    assert not (tmp_path / "x").exists() and not partial_dir(tmp_path / "x").exists()
+
+
+def test_existing_output_is_kept(trained, tiny_base):
+    out, _, _ = trained
+    before = _tree_digest(out)
+    code, _, err = run_cli("finetune", "--base", str(tiny_base), "-o", str(out), *FAST)
+    assert "--overwrite" in _one_line_error(code, err)
+    assert _tree_digest(out) == before
+
+
+def test_resume_checks_config_and_finishes(trained, tiny_base, tmp_path):
+    """An interrupted run (here: the finished run's checkpoints in OUT.partial) resumes only with its config."""
+    out, _, _ = trained
+    target = tmp_path / "again"
+    shutil.copytree(out / "checkpoints", partial_dir(target) / "checkpoints")
+    shutil.copy(out / "metrics.jsonl", partial_dir(target) / "metrics.jsonl")
+    before = _tree_digest(partial_dir(target))
+    same = ["finetune", "--base", str(tiny_base), "-o", str(target), *FAST, "data.limit=8", "train.max_steps=8",
+            "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4", "train.eval_every=4"]
+    code, _, err = run_cli(*same)  # no --resume: refuse to touch it
+    assert "--resume" in _one_line_error(code, err)
+    code, _, err = run_cli(*same, "--resume", "train.lr=1e-3")
+    assert "cannot resume" in _one_line_error(code, err)
+    assert _tree_digest(partial_dir(target)) == before
+    code, _, err = run_cli(*same, "--resume", "train.log_every=2")  # bookkeeping keys may change
+    assert code == 0, err
+    a, b = load_file(str(out / LUT_ADAPTER)), load_file(str(target / LUT_ADAPTER))
+    assert all(torch.equal(a[k], b[k]) for k in a)
