@@ -2,7 +2,12 @@
 embedded, of SmolLM2-135M), built once per session."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # helpers_export, artifacts_export
 
 from artifacts_export import tiny_tokenizer, write_finetune_artifact, write_sketch_artifact
 from helpers import tiny_llama
