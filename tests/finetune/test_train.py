@@ -107,7 +107,7 @@ def _lut_grads(base, checkpointing: str | None) -> tuple[dict, set]:
     loss.backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if checkpointing:
-        assert model.is_gradient_checkpointing
+        assert model.is_activation_checkpointing
     return {n: p.grad.clone() for n, p in luts.items()}, trainable
 
 
