@@ -1,0 +1,26 @@
+"""lm-eval's ``hf`` model class loads an hf-sketch export (once sketchtune_cli is imported) as a sketch."""
+from __future__ import annotations
+
+import torch
+
+from helpers_export import logits
+
+
+def test_lm_eval_hflm_loads_hf_sketch(tiny_artifacts, tmp_path):
+    from lm_eval.models.huggingface import HFLM
+
+    import sketchtune_cli  # noqa: F401  (registers quant_method "sketchtune" with transformers)
+    from sketchtune_cli.export.run import export_artifact
+    from sketchtune_cli.export.settings import ExportSettings
+    from sketchtune_cli.loading import load_any
+    from sketchtune_cli.sketch import SketchedLinear
+
+    export_artifact(tiny_artifacts[1].path, tmp_path / "sk", ExportSettings(format="hf-sketch", dtype="fp32"))
+    lm = HFLM(pretrained=str(tmp_path / "sk"), dtype="float32", device="cpu", batch_size=2)
+    assert any(isinstance(m, SketchedLinear) for m in lm.model.modules())
+    assert torch.equal(logits(lm.model), logits(load_any(tiny_artifacts[1].path, dtype="float32").model))
+    from lm_eval.api.instance import Instance
+
+    request = Instance(request_type="loglikelihood", doc={}, arguments=("t3 t4", " t5"), idx=0)
+    [(loglik, _)] = lm.loglikelihood([request])
+    assert loglik < 0 and loglik == loglik
