@@ -26,6 +26,7 @@ Tasks (--tasks, comma-separated), the paper's protocol (st_*):
     st_openbookqa
   log-likelihood of each label word:  st_boolq_ll, st_piqa_ll, ...
   groups:  math, commonsense, commonsense_ll (= st_math, ...)
+  st_demo_arith: the demo's held-out arithmetic (sketchtune run --config demo)
 The st_* tasks read LLM-Adapters test files DIR/<Dataset>/test.json
 (--data-dir, eval.data_dir or $SKETCHTUNE_DATA). A bare name (gsm8k,
 arc_easy, boolq_ll) is the st_* task when a data dir is known, else

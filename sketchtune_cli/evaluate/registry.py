@@ -46,6 +46,9 @@ def _catalogue() -> dict[str, PaperTask]:
     for bare, folder in COMMONSENSE:
         tasks[f"st_{bare}"] = PaperTask(f"st_{bare}", folder, "choice", "st_commonsense")
         tasks[f"st_{bare}_ll"] = PaperTask(f"st_{bare}_ll", folder, "choice_ll", "st_commonsense_ll")
+    # The demo's held-out arithmetic problems (finetune/demo_data.py; `sketchtune run --config demo` writes
+    # them to <data-dir>/demo_arith/test.json): scored like the paper's math tasks, in no paper group.
+    tasks["st_demo_arith"] = PaperTask("st_demo_arith", "demo_arith", "math", "")
     return tasks
 
 

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import EXPECTED, LL_FAVOURITE, scripted_replies
+from eval_fakes import EXPECTED, LL_FAVOURITE, scripted_replies
 from lm_eval.api.model import LM
 
 from sketchtune_cli.errors import UserError
@@ -94,6 +94,8 @@ def test_name_resolution():
     # no data dir: bare names lm-eval knows are lm-eval's; ours stay ours
     sel = registry.select(["gsm8k", "svamp", "social_i_qa"], have_data_dir=False)
     assert sel.harness == ["gsm8k", "social_iqa"] and sel.paper == ["st_svamp"]
+    assert registry.select(["demo_arith"], have_data_dir=False).paper == ["st_demo_arith"]
+    assert "st_demo_arith" not in registry.GROUPS["st_math"]  # the paper's average stays the paper's
 
 
 def test_missing_file_and_missing_dir_are_one_line_errors(fake_data_dir, tmp_path):
