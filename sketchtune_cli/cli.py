@@ -26,6 +26,7 @@ STAGE_MODULES = [
     "sketchtune_cli.inspect_cmd",
     "sketchtune_cli.compress.command",
     "sketchtune_cli.config_cmd",
+    "sketchtune_cli.run_cmd",
     "sketchtune_cli.export.command",
     "sketchtune_cli.evaluate.command",
     "sketchtune_cli.finetune.command",

@@ -80,3 +80,24 @@ def human_bytes(n: float) -> str:
             return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1000
     return f"{n:.2f} TB"
+
+
+def training_memory_bytes(est: SketchEstimate, config, micro_batch: int, seq_len: int, checkpointing: bool) -> dict:
+    """A rough peak-memory estimate for fine-tuning (per device), by component.
+
+    LUT gradients and AdamW's two moments are fp32; activations assume bf16 and, with gradient
+    checkpointing, one saved hidden state per block plus one block's working set; the fp32 logits of the
+    micro-batch are often the single largest buffer for large vocabularies."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    inter = getattr(config, "intermediate_size", 4 * hidden)
+    tokens = micro_batch * seq_len
+    block_working = tokens * (6 * hidden + 3 * inter) * 2
+    saved = tokens * hidden * 2 * layers if checkpointing else block_working * layers
+    parts = {
+        "base_model": est.base_model_bytes,
+        "lut_grads_and_adam": est.trainable_params * 4 * 3,
+        "activations": saved + (block_working if checkpointing else 0),
+        "logits": tokens * config.vocab_size * 4 * 2,
+    }
+    parts["total"] = sum(parts.values())
+    return parts

@@ -1,0 +1,155 @@
+"""`sketchtune run`: all four stages from one YAML, with --dry-run, --from and --until."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .config import RunConfig, dump_yaml, load_config
+from .run import STAGES, run_pipeline, select_stages, summary_rows
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = """
+Examples:
+
+  sketchtune run --config demo                                  # the embedded model, CPU, minutes
+
+  sketchtune run --config math --dry-run                        # plan + sizes for llama-3-8b, offline
+
+  sketchtune run --config math eval.data_dir=/data/llm-adapters compress.groups_per_row=8
+
+  sketchtune run --config math --until compress                 # only build the sketch
+
+  sketchtune run --config math --from eval --overwrite          # re-evaluate and re-export
+"""
+
+
+def dry_run_report(cfg: RunConfig) -> dict:
+    """What the run will do and need, from the config alone (no weights loaded)."""
+    from .estimate import estimate_sketch, training_memory_bytes
+    from .models import load_model_config, meta_model
+
+    model_config = load_model_config(cfg.model.name)
+    c = cfg.compress
+    est = estimate_sketch(meta_model(model_config), cfg.model.name, c.bits, c.groups_per_row, c.targets, c.ignore)
+    memory = training_memory_bytes(est, model_config, cfg.train.micro_batch_size, cfg.data.max_seq_len,
+                                   cfg.train.gradient_checkpointing)
+    records = count_records(cfg)
+    steps = None
+    if cfg.train.max_steps:
+        steps = cfg.train.max_steps
+    elif records is not None:
+        steps = int(records * cfg.train.epochs // cfg.train.batch_size)
+    return {
+        "model": cfg.model.name,
+        "output_dir": cfg.output_dir,
+        "stages": {s: str(Path(cfg.output_dir) / s) for s in STAGES},
+        "sketch": est.to_dict(),
+        "trainable_params": est.trainable_params,
+        "base_model_bytes": est.base_model_bytes,
+        "finetune_memory_bytes_rough": memory,
+        "calibration_tokens": c.num_samples * c.seq_len,
+        "train_records": records,
+        "optimizer_steps": steps,
+    }
+
+
+KNOWN_SIZES = {"math_10k.json": 9919, "commonsense_170k.json": 170420}
+
+
+def count_records(cfg: RunConfig) -> int | None:
+    """Training records, when knowable offline: a local file, the demo generator, or a known dataset."""
+    path = cfg.data.path
+    if path is None:
+        return None
+    if path == "demo":
+        from .finetune.data import DEMO_SIZES
+
+        n = cfg.data.limit or DEMO_SIZES["train"]
+    elif Path(path).is_file():
+        text = Path(path).read_text()
+        n = len(json.loads(text)) if text.lstrip().startswith("[") else sum(1 for ln in text.splitlines() if ln.strip())
+    else:
+        n = KNOWN_SIZES.get(Path(path).name)
+        if n is None:
+            return None
+    n = min(n, cfg.data.limit) if cfg.data.limit else n
+    return int(n * (1 - cfg.data.val_fraction))
+
+
+def _print_dry_run(cfg: RunConfig, report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .estimate import human_bytes
+
+    console = Console(stderr=True)
+    console.print("[bold]resolved config[/bold]")
+    console.print(dump_yaml(cfg), markup=False)
+    table = Table(title=f"sketchtune run --dry-run: {cfg.model.name}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    sk = report["sketch"]
+    table.add_row("sketched layers", f"{sk['sketched_layers']}")
+    table.add_row("trainable params (LUTs)", f"{report['trainable_params']:,}")
+    table.add_row("base model (sketch)", human_bytes(report["base_model_bytes"]))
+    table.add_row("dense model (bf16)", human_bytes(sk["dense_model_bytes"]))
+    table.add_row("bits per sketched weight", f"{sk['bits_per_weight']:.3f}")
+    table.add_row("calibration tokens", f"{report['calibration_tokens']:,}")
+    table.add_row("training records", "unknown (remote data)" if report["train_records"] is None else f"{report['train_records']:,}")
+    table.add_row("optimizer steps", "unknown" if report["optimizer_steps"] is None else f"{report['optimizer_steps']:,}")
+    mem = report["finetune_memory_bytes_rough"]
+    table.add_row("fine-tune memory per device (rough)", human_bytes(mem["total"]))
+    for part in ("base_model", "lut_grads_and_adam", "activations", "logits"):
+        table.add_row(f"  {part}", human_bytes(mem[part]))
+    console.print(table)
+
+
+def _print_summary(rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="sketchtune run: summary")
+    for col in ("stage", "status", "artifact", "size", "time", "results"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console(stderr=True).print(table)
+
+
+def run_command(
+    overrides: Optional[List[str]] = typer.Argument(None, help="section.key=value overrides"),
+    config: str = typer.Option(..., "--config", "-c", help="YAML config file or bundled config name (demo, math, commonsense)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved config and estimates; load no weights"),
+    from_stage: Optional[str] = typer.Option(None, "--from", help=f"first stage to run ({', '.join(STAGES)})"),
+    until: Optional[str] = typer.Option(None, "--until", help="last stage to run"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="re-run stages whose artifact exists with another config"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary (or dry-run report) as JSON on stdout"),
+):
+    """Run compress -> finetune -> eval -> export into OUTPUT_DIR/<stage>/, skipping stages that are up to
+    date and resuming interrupted ones. Prints the last artifact's path on stdout."""
+    cfg = load_config(config, overrides)
+    stages = select_stages(from_stage, until)
+    if dry_run:
+        report = dry_run_report(cfg)
+        report["would_run"] = stages
+        _print_dry_run(cfg, report)
+        if as_json:
+            typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    reports = run_pipeline(cfg, stages, overwrite=overwrite,
+                           on_stage=lambda s: log.info("== stage %s ==", s))
+    _print_summary(summary_rows(reports))
+    if as_json:
+        typer.echo(json.dumps([{"stage": r.stage, "status": r.status, "path": str(r.path), "seconds": round(r.seconds, 1),
+                                "results": r.headline} for r in reports], indent=2, default=str))
+    else:
+        typer.echo(str(reports[-1].path))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run", epilog=EXAMPLES)(run_command)
