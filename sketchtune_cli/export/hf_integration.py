@@ -14,9 +14,10 @@ Either way a process that imports ``sketchtune_cli`` and then loads a sketch fin
 from __future__ import annotations
 
 import importlib.abc
-import importlib.machinery
+import logging
 import sys
 
+log = logging.getLogger(__name__)
 _REGISTRY_MODULE = "transformers.quantizers.auto"
 _registered = False
 
@@ -56,10 +57,13 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
         if name != _REGISTRY_MODULE:
             return None
         sys.meta_path.remove(self)  # one shot; also keeps the lookup below from recursing
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _RegisteringLoader(spec.loader)
-        return spec
+        for finder in sys.meta_path:
+            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _RegisteringLoader(spec.loader)
+                return spec
+        return None
 
 
 class _RegisteringLoader(importlib.abc.Loader):
@@ -71,7 +75,10 @@ class _RegisteringLoader(importlib.abc.Loader):
 
     def exec_module(self, module):
         self.inner.exec_module(module)
-        register()
+        try:
+            register()
+        except Exception as e:  # never break `import transformers` because of the plugin
+            log.warning("sketchtune could not register its transformers quantizer: %s", e)
 
     def __getattr__(self, name):  # get_source, get_filename... as the real loader has them
         return getattr(self.inner, name)
