@@ -29,6 +29,18 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: on this shared 2-core machine, two OpenMP threads competing with other jobs made a
+    SmolLM2 forward ~30x slower (spin-waiting), not faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def eval_sketch_dir(tmp_path_factory, request) -> Path:
     """A sketch artifact of the embedded model: the compress engineer's ``embedded_sketch_dir`` when that

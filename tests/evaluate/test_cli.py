@@ -29,7 +29,8 @@ def _responses(artifact: Path) -> dict[str, list]:
 
 
 @pytest.mark.embedded
-def test_side_by_side_offline_both_protocols_twice(fake_data_dir, eval_sketch_dir, tmp_path, capsys, no_network):
+def test_side_by_side_offline_both_protocols_twice(fake_data_dir, eval_sketch_dir, tmp_path, capsys, no_network,
+                                                  one_thread):
     common = ["eval", "smollm2-135m", str(eval_sketch_dir), "--data-dir", str(fake_data_dir),
               "--tasks", "gsm8k,boolq_ll", "--limit", "2", "--batch-size", "2", "--log-samples",
               "eval.max_new_tokens=4"]
