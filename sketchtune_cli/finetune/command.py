@@ -12,7 +12,9 @@ Examples:
 
   sketchtune finetune --base runs/demo/compress --data demo -o runs/demo/ft train.lr=1e-4 train.max_steps=50
 
-  accelerate launch --num_processes 2 -m sketchtune_cli finetune --config math.yaml --base SKETCH -o OUT
+  accelerate launch --multi_gpu --num_processes 2 -m sketchtune_cli finetune --config math.yaml --base SKETCH -o OUT
+
+  torchrun --nproc_per_node 2 -m sketchtune_cli finetune --config math.yaml -o OUT   # also on CPU (gloo)
 
   sketchtune finetune --config math.yaml -o runs/l3/math --resume      # continue an interrupted run
 

@@ -55,3 +55,21 @@ def run_subprocess(args: list[str], env: dict | None = None, timeout: int = 300)
 
 def cli_args(*args: str) -> list[str]:
     return [sys.executable, "-m", "sketchtune_cli", *args]
+
+
+def rtn_sketches(model, bits: int = 4, groups_per_row: int = 4):
+    """A quick data-free sketch: per (row, group) a uniform grid from min to max, codes = nearest level.
+    A usable model (unlike random sketches) for when no compressed sketch is at hand."""
+    import torch
+
+    from sketchtune_cli.sketch import Sketch, find_target_linears
+
+    out, levels = {}, 2**bits - 1
+    for name, lin in find_target_linears(model).items():
+        w = lin.weight.detach().float().reshape(lin.out_features, groups_per_row, -1)
+        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        scale = (hi - lo).clamp(min=1e-8) / levels
+        codes = ((w - lo) / scale).round().clamp(0, levels).to(torch.uint8)
+        lut = lo + scale * torch.arange(levels + 1, dtype=torch.float32)
+        out[name] = Sketch(lut, codes, bits)
+    return out
