@@ -12,14 +12,15 @@ Examples:
   # plain HF checkpoint (loads without sketchtune):
   sketchtune export runs/l3-math --format hf-dense -o out/l3-dense
 
-  # packed sketch, loads (and trains) via transformers after `import sketchtune_cli`:
+  # packed sketch (transformers loads it after `import sketchtune_cli`):
   sketchtune export runs/l3-math --format hf-sketch -o out/l3-sketch
 
   # LUTs only, an adapter over the base sketch:
   sketchtune export runs/l3-math --format lut-only -o out/math-luts
 
   # fp32, eval scores in the model card, a config override:
-  sketchtune export runs/l3-math --dtype fp32 --eval runs/l3-eval -o out/d export.max_shard_size=2GB
+  sketchtune export runs/l3-math --dtype fp32 --eval runs/l3-eval -o out/d \\
+      export.max_shard_size=2GB
 """
 
 

@@ -1,4 +1,5 @@
-"""Exports of the embedded SmolLM2-135M sketch (tied embeddings, real tokenizer, 30 blocks)."""
+"""Exports of the embedded SmolLM2-135M sketch (tied embeddings, real tokenizer, 30 blocks). lut-only is
+only tested on the tiny model: it is a plain LUT copy, nothing in it depends on the architecture."""
 from __future__ import annotations
 
 import pytest
@@ -39,7 +40,3 @@ def test_embedded_hf_sketch_from_pretrained(embedded_artifacts, finetuned_fp32, 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "sk", dtype=torch.float32)
     assert torch.equal(logits(model, tokens), finetuned_fp32)
 
-
-def test_embedded_lut_only(embedded_artifacts, finetuned_fp32, tokens, tmp_path):
-    export_artifact(embedded_artifacts[1].path, tmp_path / "luts", ExportSettings(format="lut-only", dtype="fp32"))
-    assert torch.equal(logits(load_any(tmp_path / "luts").model, tokens), finetuned_fp32)

@@ -62,6 +62,9 @@ def test_hf_sketch_from_pretrained_same_logits_and_generate(tiny_artifacts, fine
     model.save_pretrained(tmp_path / "resaved")  # the plugin-loaded model serializes back to a sketch
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "resaved", dtype=torch.float32)
     assert torch.equal(logits(again), finetuned_logits)
+    dense = again.dequantize()  # transformers' API: SketchedLinear -> nn.Linear holding W_hat
+    assert type(dense.model.layers[0].mlp.down_proj) is torch.nn.Linear
+    assert torch.equal(logits(dense), finetuned_logits)
 
 
 def test_hf_sketch_trains_luts_only(tiny_artifacts, tmp_path):
