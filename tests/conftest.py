@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+pytest_plugins = ["fixtures_embedded"]  # embedded_sketch_dir (a cached sketch of the embedded model)
 
 
 def shared_data_dir() -> Path | None:

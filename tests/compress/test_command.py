@@ -87,3 +87,30 @@ def test_existing_output_is_refused_before_any_work(tiny_model_dir, tmp_path, ru
 def test_help_has_examples(run_cli):
     code, stdout, _ = run_cli("compress", "--help")
     assert code == 0 and "Examples" in stdout and "--resume" in stdout and "accelerate launch" in stdout
+
+
+HELD_OUT = [
+    "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.",
+    "Question: Tom has 3 apples and buys 5 more. How many apples does he have? Answer: Tom has 8 apples.",
+    "Photosynthesis is the process by which green plants use sunlight to make food from carbon dioxide and water.",
+]
+
+
+@pytest.mark.embedded
+def test_embedded_sketch_loads_and_stays_close_to_dense(embedded_sketch_dir, embedded_dir):
+    """The shared fixture is built through the CLI (4-bit, G=4, 16 x 256 builtin tokens): it loads as a
+    sketch and its held-out perplexity stays near the dense model's."""
+    from sketchtune_cli.models import load_model
+
+    manifest = read_manifest(embedded_sketch_dir, stage="sketch")
+    assert manifest.results["summary"]["layers"] == 30 * 7
+    sketch = load_any(embedded_sketch_dir).model
+    dense, tok = load_model(str(embedded_dir), dtype="float32")
+    nll_sketch = nll_dense = 0.0
+    for text in HELD_OUT:
+        ids = tok(text, return_tensors="pt").input_ids
+        with torch.no_grad():
+            nll_sketch += float(sketch(ids, labels=ids).loss)
+            nll_dense += float(dense(ids, labels=ids).loss)
+    ppl_sketch, ppl_dense = torch.exp(torch.tensor(nll_sketch / 3)), torch.exp(torch.tensor(nll_dense / 3))
+    assert ppl_sketch < 1.5 * ppl_dense, (float(ppl_sketch), float(ppl_dense))
