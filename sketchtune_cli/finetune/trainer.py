@@ -50,12 +50,23 @@ def make_accelerator(train, project_dir: Path):
     AcceleratorState._reset_state(reset_partial_state=False)
     # Accelerate sets up CPU multi-process (gloo, e.g. under torchrun) only when told cpu=True.
     cuda = torch.cuda.is_available()
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not cuda,
         mixed_precision=resolve_mixed_precision(train.mixed_precision, cuda),
         log_with=list(train.trackers) or None,
         project_dir=str(project_dir),
     )
+    check_distributed_type(accelerator.distributed_type)
+    return accelerator
+
+
+def check_distributed_type(kind) -> None:
+    """DDP (and single process) only. FSDP would shard the LUTs together with frozen dense tensors (mixed
+    requires_grad needs use_orig_params) and our checkpoints would need gathered state dicts; the base is
+    already 4-bit, so DDP replicas fit where QLoRA's would."""
+    name = str(getattr(kind, "value", kind)).upper()
+    if name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise UserError(f"finetune supports single-process and DDP runs, not {name}; launch without --use_fsdp/--use_deepspeed")
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:

@@ -39,8 +39,8 @@ def test_math10k_steps(embedded_base, data_dir, tmp_path):
     out = tmp_path / "ft"
     code, stdout, err = run_cli(
         "finetune", "--base", str(embedded_base), "--data", str(math), "-o", str(out), "train.max_steps=2",
-        "train.batch_size=2", "train.micro_batch_size=1", "train.lr=1e-4", "train.warmup_steps=0",
-        "data.limit=8", "data.max_seq_len=256", "train.gradient_checkpointing=true", "logging.plots=false",
+        "train.batch_size=1", "train.micro_batch_size=1", "train.lr=1e-4", "train.warmup_steps=0",
+        "data.limit=4", "data.max_seq_len=160", "train.gradient_checkpointing=true", "logging.plots=false",
     )
     assert code == 0, err
     assert stdout.strip() == str(out)
