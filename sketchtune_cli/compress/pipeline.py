@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 # Per-layer numbers broadcast from the rank that sketched the layer, and stored in the manifest.
 STAT_KEYS = ("rel_error", "damping", "damping_fraction", "dead_columns", "seconds")
 SketchFn = Callable[[torch.Tensor, torch.Tensor, CompressSettings], tuple[Sketch, object]]
-# on_layer(block_index, num_blocks, layer_name, stats) after each layer; on_block(block_index) after a block
+# on_layer(block_index, num_blocks, layer_name, stats) after each layer
 LayerCallback = Callable[[int, int, str, dict], None]
+# on_block(block_index, num_blocks, {layer_name: stats}) after each block
+BlockCallback = Callable[[int, int, dict], None]
 
 
 @dataclass
@@ -73,6 +75,7 @@ def compress_model(
     config_hash: str = "",
     resume: bool = False,
     on_layer: LayerCallback | None = None,
+    on_block: BlockCallback | None = None,
     sketch_fn: SketchFn | None = None,
     dist: DistContext | None = None,
 ) -> CompressResult:
@@ -96,7 +99,7 @@ def compress_model(
     try:
         with torch.no_grad():
             result = _run_blocks(model, blocks_name, blocks, targets, local_ids, settings, device, ckpt, state,
-                                 on_layer, sketch_fn, dist)
+                                 on_layer, on_block, sketch_fn, dist)
     finally:
         model.config.use_cache = use_cache
     result.seconds = time.perf_counter() - start
@@ -104,7 +107,7 @@ def compress_model(
 
 
 def _run_blocks(model, blocks_name, blocks, targets, local_ids, settings, device, ckpt, state: ResumeState | None,
-                on_layer, sketch_fn, dist) -> CompressResult:
+                on_layer, on_block, sketch_fn, dist) -> CompressResult:
     offload = settings.offload_activations
     if state is None:
         inputs, kwargs = capture_block_inputs(model, blocks_name, local_ids, device, offload)
@@ -125,6 +128,8 @@ def _run_blocks(model, blocks_name, blocks, targets, local_ids, settings, device
         result.layers.update(stats)
         if ckpt is not None:
             ckpt.save_block(index, sketches, result.layers, inputs)
+        if on_block:
+            on_block(index, len(blocks), stats)
     return result
 
 

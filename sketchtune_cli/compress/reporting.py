@@ -2,14 +2,18 @@
 by layer kind at the end, and an optional per-layer error plot. Only rank 0 reports."""
 from __future__ import annotations
 
+import logging
 import math
 import statistics
+import time
 from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+log = logging.getLogger(__name__)
 
 PLOT_NAME = "layer_errors.png"
 
@@ -19,14 +23,18 @@ def stderr_console() -> Console:
 
 
 class LayerProgress:
-    """A rich progress bar over all target layers; ``update`` is the pipeline's ``on_layer`` callback."""
+    """A rich progress bar over all target layers on a terminal; one log line per block otherwise (batch
+    jobs, CI logs). ``update`` / ``block_done`` are the pipeline's ``on_layer`` / ``on_block`` callbacks."""
 
     def __init__(self, total_layers: int, done: int = 0, enabled: bool = True):
+        console = stderr_console()
         self.enabled = enabled
+        self.interactive = enabled and console.is_terminal
+        self.start = time.perf_counter()
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=stderr_console(),
-            disable=not enabled,
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+            disable=not self.interactive,
         )
         self.task = self.progress.add_task("compress", total=total_layers, completed=done)
 
@@ -39,6 +47,16 @@ class LayerProgress:
 
     def update(self, block: int, num_blocks: int, name: str, stats: dict) -> None:
         self.progress.update(self.task, advance=1, description=f"block {block + 1}/{num_blocks} {short_name(name)}")
+
+    def block_done(self, block: int, num_blocks: int, layers: dict[str, dict]) -> None:
+        if not self.enabled or self.interactive:
+            return
+        errors = [s["rel_error"] for s in layers.values() if s.get("rel_error") is not None]
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / (block + 1) * (num_blocks - block - 1)  # resumed blocks count as instant: a rough ETA
+        log.info("block %d/%d: %d layers, mean rel. error %.3e, max %.3e; elapsed %.0fs, ETA %.0fs", block + 1,
+                 num_blocks, len(layers), statistics.fmean(errors) if errors else float("nan"),
+                 max(errors, default=float("nan")), elapsed, eta)
 
 
 def short_name(name: str) -> str:

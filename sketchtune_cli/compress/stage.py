@@ -76,7 +76,8 @@ def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bo
         total = len(find_target_linears(model, settings.targets, settings.ignore))
         with LayerProgress(total, enabled=dist.is_main) as progress:
             result = compress_model(model, calib.input_ids, settings, device, checkpoint_dir=ckpt_dir,
-                                    config_hash=chash, resume=resume, on_layer=progress.update, dist=dist)
+                                    config_hash=chash, resume=resume, on_layer=progress.update,
+                                    on_block=progress.block_done, dist=dist)
         if dist.is_main:
             _save(model, tokenizer, result, settings, calib, writer.path)
             shutil.rmtree(ckpt_dir, ignore_errors=True)
