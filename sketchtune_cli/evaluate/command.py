@@ -43,8 +43,9 @@ Examples:
   accelerate launch -m sketchtune_cli eval runs/l3-math --tasks math
 
 Prints the eval artifact path on stdout (with --json, the scores as JSON).
-Under accelerate launch each process evaluates a shard of every task on its
-own GPU; rank 0 gathers the results and writes the artifact.
+Under accelerate launch (or torchrun; on CPUs use torchrun, gloo) each
+process evaluates a shard of every task on its own device; rank 0 gathers
+the results and writes the artifact. Scores equal a single-process run.
 """
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)+=")

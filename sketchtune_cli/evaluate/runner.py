@@ -4,6 +4,9 @@ The model is built by ``sketchtune_cli.loading`` (sketches, fine-tunes and expor
 handed to lm-eval's ``HFLM`` as an object. HFLM then skips its own ``accelerate launch`` handling (it
 assumes one process), so ``attach_data_parallel`` gives it the rank, world size and accelerator itself:
 lm-eval's evaluator shards the requests by ``lm.rank`` / ``lm.world_size`` and gathers them on rank 0.
+Checked on CPU with ``torchrun --nproc_per_node 2`` (gloo): same scores and generations as one process
+(lm-eval pads the shards to equal length, so a padded request's result can show up twice in a logged
+sample; metrics are unaffected). ``accelerate launch --cpu`` starts a single process, hence torchrun there.
 """
 from __future__ import annotations
 
@@ -27,9 +30,12 @@ class RunOptions:
 
 def distributed_state():
     """accelerate's process state (one process unless started with ``accelerate launch``/torchrun)."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    # cpu=True: without it accelerate ignores a CPU-only torchrun group (gloo) and every process would
+    # evaluate everything.
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def eval_device() -> str:
@@ -46,9 +52,10 @@ def attach_data_parallel(lm) -> None:
     state = distributed_state()
     if state.num_processes <= 1:
         return
+    import torch
     from accelerate import Accelerator
 
-    lm.accelerator = Accelerator()
+    lm.accelerator = Accelerator(cpu=not torch.cuda.is_available())
     lm._rank = state.process_index
     lm._world_size = state.num_processes
     log.info("data parallel: rank %d of %d", lm._rank, lm._world_size)

@@ -81,3 +81,26 @@ def test_overrides_are_told_apart_from_artifacts():
 
     assert split_args(["smollm2-135m", "runs/a", "eval.limit=3", "model.dtype=float32"]) == (
         ["smollm2-135m", "runs/a"], ["eval.limit=3", "model.dtype=float32"])
+
+
+@pytest.mark.slow
+@pytest.mark.embedded
+def test_data_parallel_matches_single_process(fake_data_dir, tmp_path):
+    """Two CPU processes under torchrun (gloo) shard the requests and give the single-process scores."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    args = ["eval", "smollm2-135m", "--data-dir", str(fake_data_dir), "--tasks", "gsm8k,piqa_ll", "--limit", "4",
+            "eval.max_new_tokens=4", "--json"]
+    runs = {}
+    for name, launcher in {"single": [sys.executable, "-m"],
+                           "dp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m"]}.items():
+        proc = subprocess.run(launcher + ["sketchtune_cli", *args, "-o", str(tmp_path / name)], env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = json.loads(proc.stdout)["models"][0]["scores"]
+        if name == "dp":
+            assert "rank 1 of 2" in proc.stderr
+    assert runs["dp"] == runs["single"]
