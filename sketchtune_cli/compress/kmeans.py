@@ -40,6 +40,7 @@ def weighted_kmeans_1d(
     init: str | torch.Tensor = "kmeans++",
     generator: torch.Generator | None = None,
     local_trials: int | None = None,
+    tol: float = 1e-4,
     track_objective: bool = False,
     max_chunk_bytes: int = 512 * 2**20,
 ) -> KMeansResult:
@@ -54,6 +55,9 @@ def weighted_kmeans_1d(
     above scikit-learn's objective in our tests, the greedy start within ~1.1x.
     Empty clusters are re-seeded at the sample with the largest weighted error (one per problem per
     iteration); problems with fewer distinct values than ``k`` end with repeated centroids.
+    Stops when no assignment changes, or (``tol`` > 0, scikit-learn's rule) when every problem's squared
+    centroid shift is below ``tol`` times the variance of its values: the tail of Lloyd's iterations moves
+    centroids by amounts far below the LUT's bf16 resolution.
     """
     if x.dim() < 2:
         raise ValueError("x must be [..., n] with at least one leading (batch) dimension")
@@ -69,7 +73,7 @@ def weighted_kmeans_1d(
         xc = x[s:s + chunk].reshape(-1, n)
         wc = weight[s:s + chunk].reshape(-1, n)
         ic = init if isinstance(init, str) else init[s:s + chunk].reshape(-1, k).float()
-        c, h, it, ok = _kmeans_flat(xc, wc, k, iters, ic, generator, local_trials, track_objective)
+        c, h, it, ok = _kmeans_flat(xc, wc, k, iters, ic, generator, local_trials, tol, track_objective)
         outs.append(c.reshape(*x[s:s + chunk].shape[:-1], k))
         hist.append([o.reshape(x[s:s + chunk].shape[:-1]) for o in h])
         its, conv = max(its, it), conv and ok
@@ -91,7 +95,7 @@ def objective(x: torch.Tensor, weight: torch.Tensor | None, centroids: torch.Ten
     return (w * d2).sum(-1)
 
 
-def _kmeans_flat(x, w, k, iters, init, gen, local_trials, track):
+def _kmeans_flat(x, w, k, iters, init, gen, local_trials, tol, track):
     """One chunk: ``x``, ``w`` [B, n] -> (centroids [B, k], objective history, iterations, converged)."""
     xs, order = x.sort(dim=1)
     ws = w.gather(1, order)
@@ -112,14 +116,22 @@ def _kmeans_flat(x, w, k, iters, init, gen, local_trials, track):
     c = c.sort(dim=1).values
     history = [_sorted_objective(xs, ws, c)] if track else []
     can_reseed = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    shift_tol = tol * xs.var(dim=1) if tol > 0 else torch.full((xs.shape[0],), -1.0, device=xs.device)
+    done = torch.zeros(xs.shape[0], dtype=torch.bool, device=xs.device)
     prev_bounds, converged, it = None, False, 0
     for it in range(1, iters + 1):
         c_new, bounds, empty = _lloyd_step(xs, sums.w, sums.wx, c)
         reseeded = _reseed_empty(xs, ws, c_new, empty, can_reseed)
-        c = c_new.sort(dim=1).values
+        c_new = c_new.sort(dim=1).values
+        # per-problem stopping, so the result does not depend on which problems share a chunk
+        settled = (c_new - c).square().sum(1) <= shift_tol
+        if prev_bounds is not None:
+            settled |= (bounds == prev_bounds).all(1)
+        c = torch.where(done.unsqueeze(1), c, c_new)
+        done |= settled & ~reseeded
         if track:
             history.append(_sorted_objective(xs, ws, c))
-        if prev_bounds is not None and not reseeded and torch.equal(bounds, prev_bounds):
+        if bool(done.all()):
             converged = True
             break
         prev_bounds = bounds
@@ -166,12 +178,13 @@ def _lloyd_step(xs, cw, cwx, c):
     return torch.where(empty, c, mean), bounds, empty
 
 
-def _reseed_empty(xs, ws, c, empty, can_reseed) -> bool:
+def _reseed_empty(xs, ws, c, empty, can_reseed) -> torch.Tensor:
     """Moves one empty centroid per problem onto the sample with the largest weighted error. Moving an
     empty centroid can only shorten distances, so the objective does not increase."""
     todo = empty.any(1) & can_reseed
+    reseeded = torch.zeros_like(todo)
     if not bool(todo.any()):
-        return False
+        return reseeded
     idx = todo.nonzero().squeeze(1)
     xs_i, ws_i, c_i = xs[idx], ws[idx], c[idx]
     c_sorted = c_i.sort(dim=1).values
@@ -182,11 +195,12 @@ def _reseed_empty(xs, ws, c, empty, can_reseed) -> bool:
     useful = best_err > 0
     can_reseed[idx[~useful]] = False  # nothing left to split: fewer distinct values than centroids
     if not bool(useful.any()):
-        return False
+        return reseeded
     slot = empty[idx].float().argmax(1)  # first empty cluster
     rows = idx[useful]
     c[rows, slot[useful]] = xs_i.gather(1, best.unsqueeze(1)).squeeze(1)[useful]
-    return True
+    reseeded[rows] = True
+    return reseeded
 
 
 def _sorted_objective(xs, ws, c):

@@ -1,0 +1,405 @@
+"""Compress benchmark on the embedded SmolLM2-135M-Instruct: held-out perplexity vs bits per weight.
+
+    python scripts/bench_compress.py            # full (~25 min on 2 free cores)
+    python scripts/bench_compress.py --quick    # smoke run (a few minutes)
+
+Compares dense, sketches (4-bit G=1 / G=4, 3-bit G=1), RTN and HQQ at group 64, and ablations of the
+sketch (exponent 0, no error compensation, no act-order, quantile init). Writes benchmarks/compress.json
+and benchmarks/compress.md.
+
+The embedded model's linear weights were Q4_1 already (blocks of 32 columns, scale + min): RTN or HQQ at
+4-bit group 32 reproduce them exactly, so the quantizers are compared at group 64.
+
+Two ways to get the sketches:
+- "pipeline": the product's sequential pipeline (``compress_model``: block by block, each layer calibrated on
+  the already-sketched layers before it). Used for the headline 4-bit G=1 sketch and the timing runs.
+- "one-shot": every layer's Hessian captured ONCE from the dense model, then each configuration sketched
+  from the same Hessians. One calibration pass for the whole grid instead of one per configuration (a
+  sequential run costs ~3.5 model forwards over the calibration set, too slow for a 10-config grid on 2 CPU
+  cores); ablation deltas are compared within this mode only.
+
+Held-out text is never used for calibration (calibration: CPython's pydoc_data.topics): LLM-Adapters test
+prompts + answers (math: gsm8k; commonsense: boolq, piqa, ARC, openbookqa) when ../shared/data is present,
+and always CPython standard-library docstrings (a builtin source disjoint from pydoc_data.topics).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from sketchtune_cli.compress.calibration import load_calibration  # noqa: E402
+from sketchtune_cli.compress.hessian import HessianAccumulator  # noqa: E402
+from sketchtune_cli.compress.settings import CompressSettings  # noqa: E402
+from sketchtune_cli.compress.sketcher import dequantize, sketch_layer  # noqa: E402
+from sketchtune_cli.models import load_model  # noqa: E402
+from sketchtune_cli.prompts import render_alpaca  # noqa: E402
+from sketchtune_cli.sketch import find_target_linears  # noqa: E402
+
+Q4_1_NOTE = ("embedded model's weights were Q4_1 (group 32) already: RTN/HQQ at group 32 reproduce it exactly, "
+             "hence group 64 here")
+MATH_SETS = ["gsm8k"]
+COMMONSENSE_SETS = ["boolq", "piqa", "ARC-Challenge", "ARC-Easy", "openbookqa"]
+DOCSTRING_MODULES = [
+    "argparse", "asyncio", "collections", "csv", "datetime", "decimal", "email.message", "functools", "heapq",
+    "http.client", "itertools", "json", "logging", "os", "pathlib", "re", "shutil", "statistics", "string",
+    "subprocess", "tarfile", "textwrap", "threading", "typing", "unittest", "urllib.parse", "zipfile",
+    "fractions", "difflib", "inspect", "ipaddress", "random", "sched", "smtplib", "socket", "sqlite3",
+]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+def data_dir() -> Path | None:
+    env = os.environ.get("SKETCHTUNE_DATA")
+    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data" / "llm-adapters"]:
+        if (c / "gsm8k" / "test.json").is_file():
+            return c
+    return None
+
+
+def adapter_texts(root: Path, names: list[str], seed: int) -> list[str]:
+    docs = []
+    for name in names:
+        path = root / name / "test.json"
+        if path.is_file():
+            docs += [render_alpaca(r["instruction"], r.get("input"), r.get("output") or "")
+                     for r in json.loads(path.read_text())]
+    random.Random(seed).shuffle(docs)
+    return docs
+
+
+def docstring_texts(seed: int) -> list[str]:
+    """Docstrings of standard-library modules and their public members: always there, offline, and not
+    the pydoc_data.topics text used for calibration."""
+    docs = []
+    for mod_name in DOCSTRING_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except Exception:
+            continue
+        for obj in [mod] + [getattr(mod, a) for a in sorted(vars(mod)) if not a.startswith("_")]:
+            doc = inspect.getdoc(obj) if (inspect.ismodule(obj) and obj is mod) or getattr(obj, "__module__", None) == mod.__name__ else None
+            if doc and len(doc) > 200:
+                docs.append(doc)
+    docs = list(dict.fromkeys(docs))
+    random.Random(seed).shuffle(docs)
+    return docs
+
+
+def windows(docs: list[str], tok, n: int, seq_len: int) -> torch.Tensor | None:
+    """The first ``n`` windows of ``seq_len`` tokens of the EOS-joined documents."""
+    stream: list[int] = []
+    for d in docs:
+        stream += tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        if len(stream) >= n * seq_len:
+            break
+    n = min(n, len(stream) // seq_len)
+    return torch.tensor(stream[:n * seq_len]).view(n, seq_len) if n else None
+
+
+def heldout_sets(tok, n: int, seq_len: int, seed: int) -> dict[str, torch.Tensor]:
+    sets = {}
+    root = data_dir()
+    if root is not None:
+        for key, names in (("math", MATH_SETS), ("commonsense", COMMONSENSE_SETS)):
+            w = windows(adapter_texts(root, names, seed), tok, n, seq_len)
+            if w is not None:
+                sets[key] = w
+    else:
+        log("LLM-Adapters data not found (set SKETCHTUNE_DATA): held-out = stdlib docstrings only")
+    sets["docstrings"] = windows(docstring_texts(seed), tok, n, seq_len)
+    return sets
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def perplexities(model, sets: dict[str, torch.Tensor], batch: int = 4) -> dict[str, float]:
+    """Per-source perplexity; "adapters" = math + commonsense pooled (the headline), "all" = everything."""
+    nll = {}
+    for key, ids in sets.items():
+        total, count = 0.0, 0
+        for s in range(0, ids.shape[0], batch):
+            x = ids[s:s + batch]
+            logits = model(x).logits[:, :-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                                                             reduction="sum"))
+            count += x[:, 1:].numel()
+        nll[key] = (total, count)
+    out = {k: math.exp(t / c) for k, (t, c) in nll.items()}
+    pools = {"adapters": [k for k in ("math", "commonsense") if k in nll], "all": list(nll)}
+    for name, keys in pools.items():
+        if keys:
+            out[name] = math.exp(sum(nll[k][0] for k in keys) / sum(nll[k][1] for k in keys))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ baselines
+def rtn(W: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """Asymmetric min-max round-to-nearest per group of ``group`` consecutive input columns."""
+    rows, cols = W.shape
+    w = W.float().reshape(rows, cols // group, group)
+    lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+    scale = ((hi - lo) / (2 ** bits - 1)).clamp(min=1e-8)
+    zero = torch.round(-lo / scale)
+    q = torch.clamp(torch.round(w / scale) + zero, 0, 2 ** bits - 1)
+    return ((q - zero) * scale).reshape(rows, cols)
+
+
+def hqq(W: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """HQQ (half-quadratic zero/scale optimisation), per group of ``group`` input columns."""
+    from hqq.core.quantize import Quantizer
+
+    W_q, meta = Quantizer.quantize(W.float(), nbits=bits, group_size=group, optimize=True, axis=1,
+                                   bitpack=False, compute_dtype=torch.float32, device="cpu")
+    return Quantizer.dequantize(W_q, meta).reshape(W.shape).float()
+
+
+def quantizer_bits(bits: int, group: int) -> float:
+    return bits + 32 / group  # fp16 scale + fp16 zero per group
+
+
+def sketch_bits(targets, bits: int, groups_per_row: int) -> float:
+    """Codes + bf16 LUTs, averaged over all sketched weights."""
+    weights = sum(m.in_features * m.out_features for m in targets.values())
+    luts = sum(m.out_features * groups_per_row * 2 ** bits for m in targets.values())
+    return bits + 16 * luts / weights
+
+
+# ------------------------------------------------------------------------------------------ sketching
+@torch.no_grad()
+def capture_all_hessians(model, targets, calib: torch.Tensor, batch: int) -> dict[str, HessianAccumulator]:
+    """One dense forward over the calibration windows; linears that read the same tensor (q/k/v,
+    gate/up) share one accumulator (X^T X is as costly as the forward itself)."""
+    accs: dict[str, HessianAccumulator] = {}
+    alias: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+
+    def hook_for(name):
+        def hook(_mod, args):
+            x = args[0]
+            key = (x.data_ptr(), tuple(x.shape))
+            leader = alias.get(name) or seen.get(key)
+            if leader is not None and leader != name:
+                alias[name] = leader
+                return
+            seen[key] = name
+            accs.setdefault(name, HessianAccumulator(x.shape[-1])).add(x)
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in targets.items()]
+    try:
+        for s in range(0, calib.shape[0], batch):
+            seen.clear()
+            model(calib[s:s + batch])
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: accs[alias.get(n, n)] for n in targets}
+
+
+def sketch_all_oneshot(targets, dense: dict[str, torch.Tensor], hessians, settings: CompressSettings) -> dict:
+    errs, t0 = [], time.perf_counter()
+    for name, lin in targets.items():
+        sk, st = sketch_layer(dense[name], hessians[name].hessian, settings)
+        lin.weight.data.copy_(dequantize(sk))
+        errs.append(st.relative_error)
+    return {"compress_s": time.perf_counter() - t0, "mean_rel_error": sum(errs) / len(errs), "max_rel_error": max(errs)}
+
+
+def sketch_pipeline(model, calib: torch.Tensor, settings: CompressSettings) -> dict:
+    from sketchtune_cli.compress.pipeline import compress_model
+
+    res = compress_model(model, calib, settings, "cpu")
+    errs = [s["rel_error"] for s in res.layers.values() if s.get("rel_error") is not None]
+    return {"compress_s": res.seconds, "mean_rel_error": sum(errs) / max(1, len(errs)), "max_rel_error": max(errs, default=None)}
+
+
+def restore(targets, dense):
+    for name, lin in targets.items():
+        lin.weight.data.copy_(dense[name])
+
+
+# ------------------------------------------------------------------------------------------ main
+SKETCH_GRID = [  # (label, overrides); all one-shot, ablations relative to "sketch 4b G1"
+    ("sketch 4b G1", dict(bits=4, groups_per_row=1)),
+    ("sketch 4b G4", dict(bits=4, groups_per_row=4)),
+    ("sketch 3b G1", dict(bits=3, groups_per_row=1)),
+    ("ablation: exponent 0 (unweighted k-means)", dict(bits=4, groups_per_row=1, exponent=0.0)),
+    ("ablation: no error compensation", dict(bits=4, groups_per_row=1, error_compensation=False)),
+    ("ablation: act-order off", dict(bits=4, groups_per_row=1, act_order=False)),
+    ("ablation: quantile init", dict(bits=4, groups_per_row=1, kmeans_init="quantile")),
+    ("no calibration (H = I, p = 0, no compensation)", dict(bits=4, groups_per_row=1, exponent=0.0,
+                                                           error_compensation=False, act_order=False, _no_h=True)),
+]
+QUICK_GRID = {"sketch 4b G1", "ablation: exponent 0 (unweighted k-means)"}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small calibration/eval, few configurations")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 128; quick 16)")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--eval-windows", type=int, default=None, help="held-out windows per source (default 4; quick 2)")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the sequential pipeline runs")
+    p.add_argument("--scaling", default=None, help="calibration sizes for the timing runs (default 32,64,128; quick 8,16)")
+    p.add_argument("--scaling-blocks", type=int, default=4, help="decoder blocks kept for the timing runs")
+    p.add_argument("--only", default=None, help="comma-separated substrings: run only matching grid labels")
+    p.add_argument("--out", default=str(REPO / "benchmarks"))
+    return p.parse_args()
+
+
+def main():
+    a = parse_args()
+    torch.set_num_threads(a.threads)
+    n_calib = a.calib_samples or (16 if a.quick else 128)
+    n_eval = a.eval_windows or (2 if a.quick else 4)
+    scaling = [int(s) for s in (a.scaling or ("8,16" if a.quick else "32,64,128")).split(",") if s]
+    t_start = time.perf_counter()
+    model, tok = load_model("smollm2-135m", dtype="float32", device="cpu")
+    model.eval()
+    targets = find_target_linears(model)
+    dense = {n: m.weight.detach().clone() for n, m in targets.items()}
+    sets = heldout_sets(tok, n_eval, a.seq_len, seed=0)
+    calib = load_calibration("builtin", tok, n_calib, a.seq_len, seed=0).input_ids
+    log(f"held-out windows: { {k: tuple(v.shape) for k, v in sets.items()} }; calibration {tuple(calib.shape)}")
+    rows = []
+
+    def record(label, method, bpw, extra=None):
+        t = time.perf_counter()
+        ppl = perplexities(model, sets)
+        row = {"label": label, "method": method, "bits_per_weight": round(bpw, 4), "ppl": ppl,
+               "eval_s": time.perf_counter() - t, **(extra or {})}
+        rows.append(row)
+        log(f"{label}: bpw {bpw:.3f} ppl {ppl.get('adapters', ppl['all']):.4f} {json.dumps(extra or {})}")
+        restore(targets, dense)
+
+    record("dense (fp32 copy of the Q4_1 GGUF)", "dense", 16.0)
+    for bits in ((4,) if a.quick else (4, 3)):
+        for name, fn in (("RTN", rtn), ("HQQ", hqq)):
+            t = time.perf_counter()
+            for n, lin in targets.items():
+                lin.weight.data.copy_(fn(dense[n], bits, 64))
+            record(f"{name} {bits}b g64", name.lower(), quantizer_bits(bits, 64), {"compress_s": time.perf_counter() - t})
+
+    base = dict(calib="builtin", num_samples=n_calib, seq_len=a.seq_len, lut_dtype="bfloat16")
+    grid = [(l, o) for l, o in SKETCH_GRID if (not a.quick or l in QUICK_GRID)]
+    if a.only:
+        grid = [(l, o) for l, o in grid if any(s in l for s in a.only.split(","))]
+    if grid:
+        t = time.perf_counter()
+        hessians = capture_all_hessians(model, targets, calib, batch=4)
+        capture_s = time.perf_counter() - t
+        log(f"one-shot Hessian capture: {capture_s:.0f}s")
+        for label, over in grid:
+            over = dict(over)
+            no_h = over.pop("_no_h", False)
+            s = CompressSettings(**base, **over)
+            stats = _sketch_no_h(targets, dense, s) if no_h else sketch_all_oneshot(targets, dense, hessians, s)
+            record(label, "sketch one-shot", sketch_bits(targets, s.bits, s.groups_per_row),
+                   {**stats, "hessian_capture_s": capture_s, "settings": over})
+        del hessians
+
+    if not a.no_pipeline:
+        s = CompressSettings(**base, bits=4, groups_per_row=1)
+        stats = sketch_pipeline(model, calib, s)
+        record("sketch 4b G1 (pipeline, sequential)", "sketch pipeline", sketch_bits(targets, 4, 1), stats)
+        timing = scaling_runs(model, tok, base, scaling, a.scaling_blocks, a.seq_len)
+    else:
+        timing = []
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"model": "smollm2-135m", "note": Q4_1_NOTE, "threads": a.threads, "calibration": {"source": "builtin (pydoc_data.topics)",
+            "samples": n_calib, "seq_len": a.seq_len}, "heldout": {k: list(v.shape) for k, v in sets.items()},
+            "quick": a.quick, "total_s": time.perf_counter() - t_start, "torch": torch.__version__}
+    (out / "compress.json").write_text(json.dumps({"meta": meta, "results": rows, "scaling": timing}, indent=1))
+    (out / "compress.md").write_text(markdown(meta, rows, timing))
+    log(f"wrote {out / 'compress.json'} and {out / 'compress.md'} in {meta['total_s']:.0f}s")
+
+
+def _sketch_no_h(targets, dense, s):
+    t0 = time.perf_counter()
+    for name, lin in targets.items():
+        sk, _ = sketch_layer(dense[name], None, s)
+        lin.weight.data.copy_(dequantize(sk))
+    return {"compress_s": time.perf_counter() - t0}
+
+
+def scaling_runs(model, tok, base, sizes, n_blocks, seq_len) -> list[dict]:
+    """Wall time of the sequential pipeline vs calibration size, on the first ``n_blocks`` blocks (scaled
+    to the whole model by blocks/n_blocks; the per-block cost is uniform in this model)."""
+    from sketchtune_cli.sketch import decoder_layers
+
+    from sketchtune_cli.models import load_model as _load
+    out = []
+    small, _ = _load("smollm2-135m", dtype="float32", device="cpu")
+    name, blocks = decoder_layers(small)
+    total_blocks = len(blocks)
+    del blocks[n_blocks:]
+    small.config.num_hidden_layers = n_blocks
+    for n in sizes:
+        calib = load_calibration("builtin", tok, n, seq_len, seed=0).input_ids
+        t = time.perf_counter()
+        sketch_pipeline(small, calib, CompressSettings(**base, bits=4, groups_per_row=1))
+        sec = time.perf_counter() - t
+        out.append({"samples": n, "seq_len": seq_len, "blocks": n_blocks, "seconds": sec,
+                    "est_full_model_s": sec * total_blocks / n_blocks})
+        log(f"scaling: {n} x {seq_len}: {sec:.0f}s for {n_blocks} blocks")
+    return out
+
+
+def markdown(meta, rows, timing) -> str:
+    dense = next(r for r in rows if r["method"] == "dense")["ppl"]
+    key = "adapters" if "adapters" in dense else "all"
+    cols = [k for k in ("math", "commonsense", "docstrings") if k in dense]
+    lines = [
+        "# Compress benchmark: SmolLM2-135M-Instruct (embedded)",
+        "",
+        f"Note: the {meta['note']}.",
+        "",
+        f"Calibration: {meta['calibration']['samples']} x {meta['calibration']['seq_len']} tokens of pydoc_data.topics. "
+        f"Held-out windows (never calibrated on): {meta['heldout']}. Headline perplexity = `{key}`"
+        + (" (math + commonsense pooled)." if key == "adapters" else "."),
+        f"Threads: {meta['threads']} (shared machine: times are indicative). Quick mode: {meta['quick']}.",
+        "",
+        f"| configuration | method | bits/weight | ppl {key} | excess over dense | " + " | ".join(f"ppl {c}" for c in cols)
+        + " | mean rel. layer error | compress s |",
+        "|---|---|---|---|---|" + "---|" * len(cols) + "---|---|",
+    ]
+    for r in rows:
+        p = r["ppl"]
+        err = r.get("mean_rel_error")
+        lines.append(
+            f"| {r['label']} | {r['method']} | {r['bits_per_weight']:.3f} | {p[key]:.3f} | {p[key] - dense[key]:+.3f} | "
+            + " | ".join(f"{p[c]:.3f}" for c in cols)
+            + f" | {'' if err is None else f'{err:.4f}'} | {r.get('compress_s', 0):.0f} |"
+        )
+    lines += ["", "All RTN/HQQ figures: group 64, because the " + meta["note"] + ".", ""]
+    if timing:
+        lines += ["## Pipeline wall time vs calibration size", "",
+                  "| samples x tokens | blocks timed | seconds | est. full model (30 blocks) s |", "|---|---|---|---|"]
+        lines += [f"| {t['samples']} x {t['seq_len']} | {t['blocks']} | {t['seconds']:.0f} | {t['est_full_model_s']:.0f} |" for t in timing]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
