@@ -17,14 +17,18 @@ class StopForward(Exception):
     """Raised from a hook to end a forward pass once what it needed has been seen."""
 
 
-def to_device(value: Any, device) -> Any:
-    """Tensors (also inside tuples, lists and dicts) moved to ``device``; everything else as is."""
+def to_device(value: Any, device, memo: dict | None = None) -> Any:
+    """Tensors (also inside tuples, lists and dicts) moved to ``device``; everything else as is. Tensors
+    shared between structures (one mask for many blocks) are moved once when ``memo`` is given."""
+    memo = {} if memo is None else memo
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        if id(value) not in memo:
+            memo[id(value)] = value.to(device)
+        return memo[id(value)]
     if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device) for v in value)
+        return type(value)(to_device(v, device, memo) for v in value)
     if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
+        return {k: to_device(v, device, memo) for k, v in value.items()}
     return value
 
 
@@ -42,27 +46,40 @@ def move_outside_blocks(model: nn.Module, blocks_name: str, device) -> None:
                 module._buffers[key] = b.to(device)
 
 
+def _passthrough(hidden_states=None, *args, **kwargs):
+    return hidden_states
+
+
 def capture_block_inputs(
     model: nn.Module, blocks_name: str, calib_ids: torch.Tensor, device, offload: bool
-) -> tuple[list[torch.Tensor], dict]:
-    """Inputs of block 0 for every calibration sequence and the keyword arguments the model passes to
-    its blocks (position_embeddings, attention_mask, position_ids...). A forward pre-hook on block 0 records
-    them and stops the forward, so no block runs. All sequences share one length and carry no padding,
-    so the keyword arguments of the first sequence hold for all."""
+) -> tuple[list[torch.Tensor], list[dict]]:
+    """Inputs of block 0 for every calibration sequence, and for EVERY block the keyword arguments the
+    model passes to it (position_embeddings, attention_mask, position_ids...): models that mix attention
+    types (sliding-window and full layers) give blocks different masks. During the capture every block's
+    forward is an identity (its weights are not touched and stay on the CPU) and pre-hooks record the
+    arguments; the last block's hook stops the forward before the final norm and lm_head. All sequences
+    share one length and carry no padding, so the first sequence's keyword arguments hold for all."""
     blocks = model.get_submodule(blocks_name)
     store = "cpu" if offload else device
     inputs: list[torch.Tensor] = []
-    captured: dict = {}
+    per_block: list[dict | None] = [None] * len(blocks)
 
-    def hook(_module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        inputs.append(hidden.detach().to(store))
-        if not captured:
-            captured.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
-        raise StopForward
+    def make_hook(index: int):
+        def hook(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if index == 0:
+                inputs.append(hidden.detach().to(store))
+            if per_block[index] is None:
+                per_block[index] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            if index == len(blocks) - 1:
+                raise StopForward
+
+        return hook
 
     move_outside_blocks(model, blocks_name, device)
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    for b in blocks:
+        b.forward = _passthrough
     try:
         for ids in calib_ids:
             try:
@@ -70,12 +87,22 @@ def capture_block_inputs(
             except StopForward:
                 pass
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
+        for b in blocks:
+            del b.forward  # back to the class's forward
         move_outside_blocks(model, blocks_name, "cpu")
-    captured["use_cache"] = False
-    captured.pop("past_key_values", None)
-    captured.pop("cache", None)
-    return inputs, to_device(captured, device)
+    memo: dict = {}
+    return inputs, [to_device(_block_kwargs(kw), device, memo) for kw in per_block]
+
+
+def _block_kwargs(kwargs: dict | None) -> dict:
+    """A block's recorded keyword arguments, without any KV cache."""
+    kwargs = dict(kwargs or {})
+    for key in ("past_key_values", "past_key_value", "cache"):
+        kwargs.pop(key, None)
+    kwargs["use_cache"] = False
+    return kwargs
 
 
 def block_output(out: Any) -> torch.Tensor:

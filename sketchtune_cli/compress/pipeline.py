@@ -110,16 +110,16 @@ def _run_blocks(model, blocks_name, blocks, targets, local_ids, settings, device
                 on_layer, on_block, sketch_fn, dist) -> CompressResult:
     offload = settings.offload_activations
     if state is None:
-        inputs, kwargs = capture_block_inputs(model, blocks_name, local_ids, device, offload)
+        inputs, block_kwargs = capture_block_inputs(model, blocks_name, local_ids, device, offload)
         result, first = CompressResult({}), 0
     else:  # only the block keyword arguments are needed again: capture them from one sequence
-        _, kwargs = capture_block_inputs(model, blocks_name, local_ids[:1], device, offload)
+        _, block_kwargs = capture_block_inputs(model, blocks_name, local_ids[:1], device, offload)
         inputs, first = state.inputs, state.blocks_done
         result = CompressResult(dict(state.sketches), dict(state.results), resumed_blocks=first)
     for index in range(first, len(blocks)):
         prefix = f"{blocks_name}.{index}."
         linears = {n: m for n, m in targets.items() if n.startswith(prefix)}
-        block = blocks[index].to(device)
+        block, kwargs = blocks[index].to(device), block_kwargs[index]
         sketches, stats = compress_block(block, index, linears, inputs, kwargs, settings, device, sketch_fn, dist,
                                          lambda name, s: on_layer and on_layer(index, len(blocks), name, s))
         inputs = run_block(block, inputs, kwargs, device)

@@ -24,8 +24,9 @@ def calib_ids(n: int = 6, length: int = 24, vocab: int = 128) -> torch.Tensor:
 def test_true_sequential_groups(family):
     model = tiny_llama(0, family=family)
     blocks_name, blocks = decoder_layers(model)
-    inputs, kwargs = capture_block_inputs(model, blocks_name, calib_ids(1), "cpu", offload=False)
-    assert {"position_embeddings", "position_ids"} <= set(kwargs)
+    inputs, block_kwargs = capture_block_inputs(model, blocks_name, calib_ids(1), "cpu", offload=False)
+    kwargs = block_kwargs[1]
+    assert {"position_embeddings", "position_ids"} <= set(kwargs) and len(block_kwargs) == 2
     linears = {n: m for n, m in find_target_linears(model).items() if n.startswith(f"{blocks_name}.1.")}
     groups = sequential_groups(blocks[1], linears, inputs[0], kwargs, "cpu")
     short = [[n.rsplit(".", 1)[1] for n in g] for g in groups]
@@ -56,10 +57,26 @@ def test_compress_converts_to_the_sketched_weights(family):
     assert 0 < rel < 0.3
 
 
-def test_each_layer_is_calibrated_on_the_sketched_layers_before_it():
+def mixed_attention_qwen2():
+    """Block 0 full attention, block 1 a 4-token sliding window: the blocks need different masks."""
+    return tiny_llama(0, family="qwen2", layer_types=["full_attention", "sliding_attention"], sliding_window=4,
+                      use_sliding_window=True, attn_implementation="eager")
+
+
+def test_every_block_gets_its_own_attention_mask():
+    model = mixed_attention_qwen2()
+    blocks_name, _ = decoder_layers(model)
+    _, block_kwargs = capture_block_inputs(model, blocks_name, calib_ids(1), "cpu", offload=False)
+    full, sliding = block_kwargs[0]["attention_mask"], block_kwargs[1]["attention_mask"]
+    assert full.shape == sliding.shape and not torch.equal(full, sliding)
+
+
+@pytest.mark.parametrize("make", [tiny_llama, mixed_attention_qwen2], ids=["llama", "qwen2-mixed-attention"])
+def test_each_layer_is_calibrated_on_the_sketched_layers_before_it(make):
     """Every Hessian the sketcher saw equals the Hessian of that layer's inputs in the FINAL sketched
-    model: each layer was calibrated with everything before it (blocks and sub-groups) already sketched."""
-    model = tiny_llama(0)
+    model: each layer was calibrated with everything before it (blocks and sub-groups) already sketched,
+    and with the block's own attention mask."""
+    model = make()
     ids = calib_ids()
     seen = []
 
