@@ -82,7 +82,15 @@ def run_eval(specs: list[str], cfg: RunConfig, out: Path, overwrite: bool = Fals
         evaluated = [evaluate_one(s, sel.requested, task_manager, cfg) for s in specs]
     if not main:
         return EvalOutcome(None)
-    return write_eval_artifact(evaluated, cfg, out, overwrite)
+    return write_eval_artifact(evaluated, cfg, out, overwrite, data_files(sel.paper, data_dir_of(cfg)))
+
+
+def data_files(paper: list[str], data_dir: str | None) -> dict[str, dict[str, str]]:
+    """Which test file each paper task read, with its sha256 (the files live outside the artifact)."""
+    from ..artifacts import sha256_file
+
+    files = {name: registry.PAPER_TASKS[name].data_file(data_dir).resolve() for name in paper}
+    return {name: {"path": str(p), "sha256": sha256_file(p)} for name, p in files.items()}
 
 
 def _labels(evaluated: list[Evaluated]) -> list[str]:
@@ -95,11 +103,14 @@ def _labels(evaluated: list[Evaluated]) -> list[str]:
     return labels
 
 
-def write_eval_artifact(evaluated: list[Evaluated], cfg: RunConfig, out: Path, overwrite: bool) -> EvalOutcome:
+def write_eval_artifact(evaluated: list[Evaluated], cfg: RunConfig, out: Path, overwrite: bool,
+                        files: dict | None = None) -> EvalOutcome:
     labels = _labels(evaluated)
     models = [report.scores_of(label, e.results) for label, e in zip(labels, evaluated)]
     parent = next((e.manifest for e in evaluated if e.manifest is not None), None)
     config = cfg.section_dict("model", "eval")
+    config["eval"]["data_dir"] = data_dir_of(cfg)  # as resolved (flag, config or $SKETCHTUNE_DATA)
+    config["data_files"] = files or {}
     config["evaluated"] = [
         {"label": label, "kind": e.kind, "path": str(e.manifest.path.resolve()) if e.manifest else None,
          "content_hash": e.manifest.content_hash if e.manifest else None}

@@ -43,6 +43,7 @@ def test_side_by_side_offline_both_protocols_twice(fake_data_dir, eval_sketch_di
     manifest = read_manifest(first, stage="eval")
     assert manifest.parent["path"] == str(eval_sketch_dir.resolve())  # lineage: the evaluated sketch
     assert [e["kind"] for e in manifest.config["evaluated"]] == ["model", "sketch"]
+    assert set(manifest.config["data_files"]) == {"st_gsm8k", "st_boolq_ll"}
     table = (first / "results.md").read_text().splitlines()
     assert table[0] == f"| task | smollm2-135m | {eval_sketch_dir} |"
     assert [row.split(" | ")[0] for row in table[2:]] == ["| st_gsm8k", "| st_boolq_ll", "| average"]
