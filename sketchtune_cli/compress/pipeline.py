@@ -2,8 +2,8 @@
 of the already-sketched blocks before it, and inside a block the "true sequential" sub-groups
 ([q,k,v], [o], [gate,up], [down]), each calibrated on the outputs of the sketched sub-groups before it.
 
-Per sub-group: hooks accumulate the input Hessian of its linears while the block runs over the calibration
-activations (stopping as soon as the last of them has read its input), the Hessians are all-reduced
+Per sub-group: a hook accumulates the input Hessian its linears share while the block runs over the
+calibration activations (stopping as soon as the group's input has been read), the Hessian is all-reduced
 across ranks, the linears are sketched (shared out round-robin between ranks, each sketch broadcast from
 its builder) and their weights replaced by ``W_hat`` in place. Then the block runs once more to produce the
 next block's inputs. Only one block and the activations are on the device at a time.
@@ -141,11 +141,10 @@ def compress_block(block, index, linears, inputs, kwargs, settings, device, sket
     order = list(linears)  # model order: round-robin owners follow it
     sketches, stats = {}, {}
     for group in sequential_groups(block, linears, inputs[0], kwargs, device):
-        hessians = accumulate_hessians(block, {n: linears[n] for n in group}, inputs, kwargs, device)
-        for name in group:
-            hessians[name].all_reduce_()
+        hessian = accumulate_hessian(block, {n: linears[n] for n in group}, inputs, kwargs, device)
+        hessian.all_reduce_()
         owners = {name: dist.owner(order.index(name)) for name in group}
-        built = {name: _sketch_one(linears[name], hessians[name], settings, sketch_fn)
+        built = {name: _sketch_one(linears[name], hessian, settings, sketch_fn)
                  for name in group if owners[name] == dist.rank}
         for name in group:
             sketch, layer_stats = _share(built.get(name), linears[name], settings, owners[name], dist)
@@ -154,24 +153,24 @@ def compress_block(block, index, linears, inputs, kwargs, settings, device, sket
             stats[name] = {"block": index, **layer_stats}
             if on_layer:
                 on_layer(name, stats[name])
-        del hessians
+        del hessian
     return sketches, stats
 
 
-def accumulate_hessians(block, group: dict[str, nn.Module], inputs, kwargs, device) -> dict[str, HessianAccumulator]:
-    """Input Hessians of one sub-group's linears over all (local) calibration inputs. The forward stops
-    once the group's last linear has read its input: nothing after it is computed."""
-    accs = {n: HessianAccumulator(m.in_features, device=m.weight.device) for n, m in group.items()}
-    last = list(group)[-1]
+def accumulate_hessian(block, group: dict[str, nn.Module], inputs, kwargs, device) -> HessianAccumulator:
+    """The input Hessian of one sub-group over all (local) calibration inputs. Its linears read the very
+    same input (that is what makes them a group), so one accumulator serves them all. The forward stops
+    at the group's first linear: nothing after it is computed."""
+    first = next(iter(group.values()))
+    acc = HessianAccumulator(first.in_features, device=first.weight.device)
 
-    def add(name: str, x: torch.Tensor) -> None:
-        accs[name].add(x)
-        if name == last:
-            raise StopForward
+    def add(_name: str, x: torch.Tensor) -> None:
+        acc.add(x)
+        raise StopForward
 
-    with pre_hooks(group, add):
+    with pre_hooks({n: m for n, m in group.items() if m is first}, add):
         feed_until(block, inputs, kwargs, device)
-    return accs
+    return acc
 
 
 def _sketch_one(linear: nn.Module, acc: HessianAccumulator, settings: CompressSettings, sketch_fn: SketchFn):
