@@ -177,7 +177,7 @@ def headline(stage: str, manifest: Manifest) -> dict:
         return {k: s[k] for k in ("layers", "mean_rel_error", "max_rel_error") if k in s} | (
             {"wall_s": r["wall_seconds"]} if "wall_seconds" in r else {})
     if stage == "finetune":
-        keys = ("steps", "final_loss", "final_eval_loss", "trainable_params", "tokens_per_second")
+        keys = ("steps", "first_loss", "final_loss", "eval_loss", "trainable_params", "tokens_per_s")
         return {k: r[k] for k in keys if k in r}
     if stage == "eval":
         return _eval_scores(r)
