@@ -119,7 +119,7 @@ def _explain(err: ValidationError) -> str:
     path = ".".join(loc)
     if first["type"] == "extra_forbidden":
         valid = _fields_of(RunConfig, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
         hint = f"; did you mean {'.'.join(loc[:-1] + close)}?" if close else f"; valid keys: {', '.join(valid)}"
         return f"unknown config key {path}{hint}"
     got = first.get("input")

@@ -97,8 +97,9 @@ def _export(cfg: RunConfig, out: Path, parent: Manifest | None, resume: bool, ov
 
 
 RUNNERS: dict[str, Callable] = {"compress": _compress, "finetune": _finetune, "eval": _eval, "export": _export}
-# The artifact each stage consumes.
+# The artifact each stage consumes, and the stage name each artifact's manifest records.
 PARENT_STAGE = {"compress": None, "finetune": "compress", "eval": "finetune", "export": "finetune"}
+ARTIFACT_STAGE = {"compress": "sketch", "finetune": "finetune", "eval": "eval", "export": "export"}
 
 
 def prepare_demo_eval_data(cfg: RunConfig) -> RunConfig:
@@ -144,12 +145,12 @@ def run_pipeline(cfg: RunConfig, stages: list[str], overwrite: bool = False,
             parent_path = stage_dir(cfg, parent_stage)
             if not is_artifact(parent_path):
                 raise UserError(f"stage {stage} needs {parent_path}; run `--from {parent_stage}` first")
-            parent = read_manifest(parent_path, stage=parent_stage)
+            parent = read_manifest(parent_path, stage=ARTIFACT_STAGE[parent_stage])
         if on_stage:
             on_stage(stage)
         if is_artifact(out):
-            existing = read_manifest(out, stage=stage)
-            if is_current(stage, existing, cfg, parent) and not overwrite:
+            existing = read_manifest(out, stage=ARTIFACT_STAGE[stage])
+            if is_current(stage, existing, cfg, parent):
                 log.info("%s: %s is up to date, skipping", stage, out)
                 reports.append(StageReport(stage, "skipped", out, 0.0, headline(stage, existing)))
                 continue
@@ -161,7 +162,7 @@ def run_pipeline(cfg: RunConfig, stages: list[str], overwrite: bool = False,
             log.info("%s: resuming the interrupted run in %s", stage, partial_dir(out))
         start = time.perf_counter()
         path = RUNNERS[stage](cfg, out, parent, resume, overwrite)
-        manifest = read_manifest(path, stage=stage, verify=False)
+        manifest = read_manifest(path, stage=ARTIFACT_STAGE[stage], verify=False)
         reports.append(StageReport(stage, "resumed" if resume else "ran", Path(path),
                                    time.perf_counter() - start, headline(stage, manifest)))
     return reports

@@ -127,7 +127,7 @@ def run_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved config and estimates; load no weights"),
     from_stage: Optional[str] = typer.Option(None, "--from", help=f"first stage to run ({', '.join(STAGES)})"),
     until: Optional[str] = typer.Option(None, "--until", help="last stage to run"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="re-run stages whose artifact exists with another config"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace artifacts made with another config (up-to-date ones are still skipped)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary (or dry-run report) as JSON on stdout"),
 ):
     """Run compress -> finetune -> eval -> export into OUTPUT_DIR/<stage>/, skipping stages that are up to

@@ -1,6 +1,8 @@
 """Shared test helpers: tiny random models built in the test (no hub, no downloads)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -28,3 +30,27 @@ def random_sketches(model, bits: int = 4, groups_per_row: int = 4, seed: int = 0
         codes = torch.randint(0, 2**bits, (rows, groups_per_row, cols // groups_per_row), generator=g, dtype=torch.uint8)
         out[name] = Sketch(lut, codes, bits)
     return out
+
+
+VOCAB = 128
+
+
+def tiny_tokenizer():
+    """A 128-token BPE trained in memory on CPython's pydoc text (offline, ~0.1 s)."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "</s>"], limit_alphabet=90,
+                                  show_progress=False)
+    tok.train_from_iterator([topics[k] for k in sorted(topics)][:20], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
+
+
+def save_tiny_model(directory: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
+    model = tiny_llama(seed, family=family, vocab_size=VOCAB, **overrides)
+    model.save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory

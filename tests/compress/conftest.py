@@ -6,31 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import tiny_llama
-
-VOCAB = 128
-
-
-def tiny_tokenizer():
-    """A 128-token BPE trained in memory on CPython's pydoc text (offline, ~0.1 s)."""
-    from pydoc_data.topics import topics
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "</s>"], limit_alphabet=90,
-                                  show_progress=False)
-    tok.train_from_iterator([topics[k] for k in sorted(topics)][:20], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
-
-
-def save_tiny_model(directory: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
-    model = tiny_llama(seed, family=family, vocab_size=VOCAB, **overrides)
-    model.save_pretrained(directory)
-    tiny_tokenizer().save_pretrained(directory)
-    return directory
-
+from helpers import VOCAB, save_tiny_model, tiny_tokenizer  # noqa: F401  (re-exported for the tests here)
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:

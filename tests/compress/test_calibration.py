@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from compress.conftest import tiny_tokenizer
+from helpers import tiny_tokenizer
 from sketchtune_cli.compress.calibration import draw_windows, file_texts, load_calibration
 from sketchtune_cli.errors import UserError
 from sketchtune_cli.prompts import render_alpaca

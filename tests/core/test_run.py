@@ -1,0 +1,103 @@
+"""`sketchtune run`: one YAML drives all four stages; a second run skips them; config changes are never
+silently overwritten; --dry-run works offline; config errors are one line with exit 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from helpers import save_tiny_model
+from sketchtune_cli.artifacts import read_manifest
+from sketchtune_cli.cli import main
+
+
+def run_cli(capsys, *args):
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_run_config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    model_dir = save_tiny_model(root / "model")
+    cfg = {
+        "model": {"name": str(model_dir), "dtype": "float32"},
+        "compress": {"calib": "builtin", "num_samples": 4, "seq_len": 32, "kmeans_iters": 5, "lut_dtype": "float32",
+                     "dtype": "float32", "device": "cpu"},
+        "data": {"path": "demo", "limit": 32, "max_seq_len": 512},
+        "train": {"lr": 1e-3, "max_steps": 2, "batch_size": 4, "micro_batch_size": 4, "warmup_steps": 0,
+                  "mixed_precision": "no"},
+        "eval": {"tasks": ["demo_arith"], "limit": 3, "max_new_tokens": 4, "batch_size": 3},
+        "export": {"format": "hf-dense", "dtype": "fp32"},
+        "output_dir": str(root / "out"),
+        "logging": {"plots": False},
+    }
+    path = root / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, root / "out"
+
+
+def test_run_all_stages_then_skip(capsys, tiny_run_config):
+    path, out = tiny_run_config
+    code, stdout, err = run_cli(capsys, "run", "--config", path, "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert [r["stage"] for r in report] == ["compress", "finetune", "eval", "export"]
+    assert all(r["status"] == "ran" for r in report)
+    for stage in ("compress", "finetune", "eval", "export"):
+        m = read_manifest(out / stage)
+        assert m.config  # the resolved config is in every artifact
+    assert read_manifest(out / "finetune").parent["content_hash"] == read_manifest(out / "compress").content_hash
+    assert "st_demo_arith" in read_manifest(out / "eval").results["models"][0]["scores"]
+
+    code, stdout, err = run_cli(capsys, "run", "--config", path, "--json")
+    assert code == 0, err
+    assert [r["status"] for r in json.loads(stdout)] == ["skipped"] * 4
+
+    # a changed training config is refused without --overwrite, and nothing is lost
+    before = read_manifest(out / "finetune").content_hash
+    code, stdout, err = run_cli(capsys, "run", "--config", path, "train.lr=2e-3")
+    assert code == 2 and "another config" in err and "--overwrite" in err
+    assert read_manifest(out / "finetune").content_hash == before
+
+    # --from/--until run a part; the changed stage re-runs with --overwrite, compress is still skipped
+    code, stdout, err = run_cli(capsys, "run", "--config", path, "train.lr=2e-3", "--until", "finetune",
+                                "--overwrite", "--json")
+    assert code == 0, err
+    assert [(r["stage"], r["status"]) for r in json.loads(stdout)] == [("compress", "skipped"), ("finetune", "ran")]
+
+
+def test_dry_run_math_offline(capsys):
+    code, stdout, err = run_cli(capsys, "run", "--config", "math", "--dry-run", "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["trainable_params"] == 88_080_384 and report["sketch"]["sketched_layers"] == 224
+    assert "88,080,384" in err
+
+
+@pytest.mark.parametrize(
+    "content,override,message",
+    [
+        ("train:\n  lr: [1\n", None, "not valid YAML at line"),
+        ("train:\n  lrate: 1\n", None, "unknown config key train.lrate; did you mean train.lr?"),
+        ("train:\n  max_steps: many\n", None, "config key train.max_steps: Input should be a valid integer"),
+        ("", "compress.groups_per_rows=2", "did you mean compress.groups_per_row?"),
+    ],
+)
+def test_config_errors_are_one_line_exit_2(tmp_path, content, override, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    args = [sys.executable, "-m", "sketchtune_cli", "run", "--config", str(path), "--dry-run"]
+    args += [override] if override else []
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
