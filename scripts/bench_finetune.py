@@ -326,12 +326,18 @@ def main() -> None:
         else:
             extra = ["--rank", str(rank)]
         results[method] = run_method(args, method, extra)
-    profile = results.get("sketch-g4", {}).pop("profile_top", None)
+        write_report(args, rank, source, results)  # after each method: a partial run still leaves numbers
+    print(markdown(write_report(args, rank, source, results)))
+
+
+def write_report(args, rank: int, source: dict, results: dict) -> dict:
+    profile = results.get("sketch-g4", {}).get("profile_top")
+    methods = [{k: v for k, v in r.items() if k != "profile_top"} for r in results.values()]
     report = {
         "setup": {"model": "smollm2-135m", "data": args.data, "steps": args.steps, "batch": args.batch, "micro": args.micro,
                   "seq_len": args.seq_len, "eval_n": args.eval_n, "threads": args.threads, "lr_sketch": args.lr_sketch,
                   "lr_lora": args.lr_lora, "lora_rank": rank, "sketch_source": source},
-        "methods": list(results.values()),
+        "methods": methods,
         "ratios": ratios(results),
         "profile": profile,
     }
@@ -339,7 +345,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    return report
 
 
 if __name__ == "__main__":

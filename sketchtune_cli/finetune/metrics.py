@@ -46,18 +46,11 @@ def fmt_eta(seconds: float) -> str:
 
 
 class Progress:
-    """Step timing for tokens/s and ETA (averaged over this process's steps since start or resume)."""
+    """ETA from the wall time per step since start or resume (evals and checkpoints included)."""
 
     def __init__(self, start_step: int, total_steps: int):
         self.start_step, self.total = start_step, total_steps
         self.t0 = time.perf_counter()
-        self.last = self.t0
-
-    def tick(self) -> float:
-        """Seconds since the previous tick (one optimizer step)."""
-        now = time.perf_counter()
-        dt, self.last = now - self.last, now
-        return dt
 
     def eta(self, step: int) -> float:
         done = step - self.start_step
@@ -76,6 +69,7 @@ def plot_losses(metrics: MetricsLog, out: Path) -> Path | None:
         return None
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
