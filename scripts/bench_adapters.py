@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -101,6 +102,7 @@ def run(args) -> dict:
     result = {
         "model": args.sketch or f"{EMBEDDED} (random 4-bit G=4 sketch)",
         "host": platform.node(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 1),
         "adapter_dtype_on_disk": args.dtype, "lut_dtype_in_memory": str(next(iter(bank.layers.values())).lut.dtype),
         "sketched_layers": len(bank.layers),
         "load_sketch_s": statistics.median(sketch_load_s),
@@ -135,7 +137,8 @@ def markdown(r: dict) -> str:
         ("swapped logits == fresh load", r["swapped_logits_equal_fresh_load"]),
     ]
     lines = ["# Adapter swapping (scripts/bench_adapters.py)", "",
-             f"CPU, {r['threads']} threads, torch {r['torch']}; one run, noisy shared machine: read the ratios.", "",
+             f"CPU, {r['threads']} threads, torch {r['torch']}, load average {r['load_average_1min']} at the end; "
+             "one run on a shared machine: read the ratios.", "",
              "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines) + "\n"
 
