@@ -193,7 +193,8 @@ def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None, 
         )
     stages = (stage,) if isinstance(stage, str) else stage
     if stages and data["stage"] not in stages:
-        raise UserError(f"{path} is a {data['stage']} artifact, expected {' or '.join(stages)}")
+        article = "an" if data["stage"][0] in "aeiou" else "a"
+        raise UserError(f"{path} is {article} {data['stage']} artifact, expected {' or '.join(stages)}")
     data.pop("content_hash", None)
     manifest = Manifest(**data, path=path)
     if verify:

@@ -31,7 +31,8 @@ def load_sketch_artifact(path: str | Path, device="cpu", dtype=None) -> tuple[to
 
     manifest = read_manifest(path, stage="sketch")
     model = load_sketch(manifest.path, device=device, dtype=dtype)
-    return model, AutoTokenizer.from_pretrained(manifest.path), manifest
+    has_tokenizer = any((manifest.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    return model, AutoTokenizer.from_pretrained(manifest.path) if has_tokenizer else None, manifest
 
 
 def parent_of(manifest: Manifest, stage: str | tuple[str, ...]) -> Manifest:

@@ -78,6 +78,10 @@ class SketchedLinear(nn.Module):
             self.bias = None
         # Fused LUT-matmul (no W_hat in memory) pays off for few tokens on CUDA; see kernels/ benchmarks.
         self.fused_max_tokens = 16
+        # CPU inference (eval, generate) keeps W_hat between calls instead of re-gathering it every token;
+        # the cache is keyed on the LUT's version counter, so any update (optimizer, load_luts) drops it.
+        self.cache_dense_on_cpu = True
+        self._dense_cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def group_size(self) -> int:
@@ -93,7 +97,18 @@ class SketchedLinear(nn.Module):
         """The materialized weight ``W_hat`` ([out, in], LUT dtype)."""
         return lut_dequant(self.lut, self.codes, self.bits, self.in_features)
 
+    def _cached_dense(self) -> torch.Tensor:
+        # .to()/.data swaps replace the storage without bumping _version: key on the pointer and dtype too.
+        version = (self.lut._version, self.lut.data_ptr(), self.lut.dtype)
+        if self._dense_cache is None or self._dense_cache[0] != version:
+            self._dense_cache = (version, self.dense_weight().detach())
+        return self._dense_cache[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cache_dense_on_cpu and not x.is_cuda and not (torch.is_grad_enabled() and self.lut.requires_grad):
+            y = x @ self._cached_dense().to(x.dtype).t()
+            return y if self.bias is None else y + self.bias.to(y.dtype)
+        self._dense_cache = None  # training: never hold a stale or extra dense copy
         tokens = x.numel() // x.shape[-1]
         use_fused = x.is_cuda and tokens <= self.fused_max_tokens
         return _LutLinearFn.apply(x, self.lut, self.codes, self.bias, self.bits, self.in_features, use_fused)

@@ -82,3 +82,16 @@ def test_lut_gradient_is_deterministic():
 def test_bad_shapes_raise_clear_errors(bits, groups, cols):
     with pytest.raises(ValueError, match="bits must be|does not divide"):
         SketchedLinear(cols, 4, bits, groups)
+
+
+def test_cpu_inference_cache_follows_lut_updates():
+    layer, _ = make_layer(dtype=torch.float32)
+    x = torch.randn(2, 12)
+    with torch.no_grad():
+        first = layer(x)
+        assert torch.equal(layer(x), first)
+        layer.lut.add_(1.0)  # an in-place update bumps the version: the cache must not serve stale weights
+        expected = x @ layer.dense_weight().t()
+        torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    out = layer(x)  # training mode path (grad enabled, lut trainable): no cache, gradients flow
+    assert out.requires_grad and layer._dense_cache is None
