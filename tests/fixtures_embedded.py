@@ -60,10 +60,16 @@ def build_embedded_sketch(out: Path) -> Path:
 @pytest.fixture(scope="session")
 def embedded_sketch_dir(request, embedded_dir) -> Path:
     """Path of a sketch artifact of the embedded model (4-bit, G=4, builtin calibration 16 x 256)."""
+    from filelock import FileLock
+
     root = Path(request.config.cache.mkdir("sketchtune-embedded-sketch"))
-    out = root / f"smollm2-135m-b4g4-{_source_key()}"
-    if not _is_complete(out):
-        for stale in root.iterdir():  # older keys: sketches of code that changed since
-            shutil.rmtree(stale, ignore_errors=True)
-        build_embedded_sketch(out)
+    key = _source_key()
+    out = root / f"smollm2-135m-b4g4-{key}"
+    # Several pytest sessions may share the checkout: one builds, the others wait and reuse.
+    with FileLock(str(root / f"{key}.lock")):
+        if not _is_complete(out):
+            for stale in root.glob("smollm2-135m-b4g4-*"):  # finished sketches of older code
+                if stale.name != out.name and not stale.name.endswith(".partial"):
+                    shutil.rmtree(stale, ignore_errors=True)
+            build_embedded_sketch(out)
     return out
