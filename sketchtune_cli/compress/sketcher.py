@@ -187,22 +187,25 @@ def _assign_compensated(weights: torch.Tensor, prep: _Prepared, lut: torch.Tenso
     codes_p = torch.empty(rows, cols, dtype=torch.long, device=weights.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1 = Wp[:, i1:i2].clone()
-        E1 = torch.empty_like(W1)
+        # The block is held transposed ([count, rows], contiguous) so each column's error update touches
+        # contiguous memory: the strided update was ~10x slower with 2 BLAS threads.
+        W1t = Wp[:, i1:i2].t().contiguous()
+        E1t = torch.empty_like(W1t)
         U1 = U[i1:i2, i1:i2]
         # per column of the block, its row-group's midpoints/values: [count, rows, k-1] / [count, rows, k]
         mids1 = mids[:, col_group[i1:i2]].transpose(0, 1).contiguous()
         lut1 = lut[:, col_group[i1:i2]].transpose(0, 1).contiguous()
         for j in range(i2 - i1):
-            w = W1[:, j]
+            w = W1t[j]
             code = (mids1[j] < w.unsqueeze(1)).sum(1, keepdim=True)  # = searchsorted(mids, w), as nearest_codes
             q = lut1[j].gather(1, code).squeeze(1)
             err = (w - q) / U1[j, j]
-            W1[:, j + 1:].addr_(err, U1[j, j + 1:], alpha=-1.0)
-            E1[:, j] = err
+            if j + 1 < i2 - i1:
+                W1t[j + 1:] -= U1[j, j + 1:].unsqueeze(1) * err.unsqueeze(0)
+            E1t[j] = err
             codes_p[:, i1 + j] = code.squeeze(1)
         if i2 < cols:
-            Wp[:, i2:].addmm_(E1, U[i1:i2, i2:], alpha=-1.0)
+            Wp[:, i2:].addmm_(E1t.t(), U[i1:i2, i2:], alpha=-1.0)
     codes = torch.empty_like(codes_p)
     codes[:, perm] = codes_p
     return codes
