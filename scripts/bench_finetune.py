@@ -126,6 +126,8 @@ def lora_model(rank: int, quantized: bool):
 
 def base_bytes(model, trainable) -> tuple[int, int]:
     """(bytes of the frozen base as held in memory, as stored with every float tensor in bf16)."""
+    import torch
+
     ids = {id(p) for p in trainable}
     mem = bf16 = 0
     seen = set()
@@ -141,7 +143,7 @@ def base_bytes(model, trainable) -> tuple[int, int]:
             mem += wq.numel() * wq.element_size()
             bf16 += wq.numel() * wq.element_size()
             for v in m.meta.values():
-                if hasattr(v, "numel"):
+                if isinstance(v, torch.Tensor):
                     mem += v.numel() * v.element_size()
                     bf16 += v.numel() * 2
     return mem, bf16
