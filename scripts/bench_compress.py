@@ -153,14 +153,15 @@ def perplexities(model, sets: dict[str, torch.Tensor], batch: int = 4) -> dict[s
 
 # ------------------------------------------------------------------------------------------ baselines
 def rtn(W: torch.Tensor, bits: int, group: int) -> torch.Tensor:
-    """Asymmetric min-max round-to-nearest per group of ``group`` consecutive input columns."""
+    """Asymmetric min-max round-to-nearest per group of ``group`` consecutive input columns:
+    ``w_hat = min + scale * round((w - min) / scale)``, ``scale = (max - min) / (2^b - 1)`` (the Q4_1 rule,
+    so group 32 reproduces the embedded model's weights: a check of the note below)."""
     rows, cols = W.shape
     w = W.float().reshape(rows, cols // group, group)
     lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-    scale = ((hi - lo) / (2 ** bits - 1)).clamp(min=1e-8)
-    zero = torch.round(-lo / scale)
-    q = torch.clamp(torch.round(w / scale) + zero, 0, 2 ** bits - 1)
-    return ((q - zero) * scale).reshape(rows, cols)
+    scale = ((hi - lo) / (2 ** bits - 1)).clamp(min=1e-12)
+    q = torch.clamp(torch.round((w - lo) / scale), 0, 2 ** bits - 1)
+    return (lo + q * scale).reshape(rows, cols)
 
 
 def hqq(W: torch.Tensor, bits: int, group: int) -> torch.Tensor:
@@ -190,28 +191,31 @@ def capture_all_hessians(model, targets, calib: torch.Tensor, batch: int) -> dic
     gate/up) share one accumulator (X^T X is as costly as the forward itself)."""
     accs: dict[str, HessianAccumulator] = {}
     alias: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
+    last: list = [None, None]  # the last input tensor OBJECT seen and its owner; holding it keeps its
+    # memory from being reused, so an address match can never alias unrelated layers
 
     def hook_for(name):
         def hook(_mod, args):
             x = args[0]
-            key = (x.data_ptr(), tuple(x.shape))
-            leader = alias.get(name) or seen.get(key)
-            if leader is not None and leader != name:
-                alias[name] = leader
+            if name in alias:
                 return
-            seen[key] = name
+            if last[0] is x and last[1] != name:
+                alias[name] = last[1]
+                return
+            last[0], last[1] = x, name
             accs.setdefault(name, HessianAccumulator(x.shape[-1])).add(x)
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in targets.items()]
     try:
         for s in range(0, calib.shape[0], batch):
-            seen.clear()
+            last[0] = last[1] = None
             model(calib[s:s + batch])
     finally:
         for h in handles:
             h.remove()
+    last[0] = None
+    log(f"Hessians: {len(accs)} distinct inputs for {len(targets)} layers")
     return {n: accs[alias.get(n, n)] for n in targets}
 
 
@@ -260,6 +264,7 @@ def parse_args():
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=None, help="held-out windows per source (default 4; quick 2)")
     p.add_argument("--no-pipeline", action="store_true", help="skip the sequential pipeline runs")
+    p.add_argument("--no-baselines", action="store_true", help="skip RTN/HQQ")
     p.add_argument("--scaling", default=None, help="calibration sizes for the timing runs (default 32,64,128; quick 8,16)")
     p.add_argument("--scaling-blocks", type=int, default=4, help="decoder blocks kept for the timing runs")
     p.add_argument("--only", default=None, help="comma-separated substrings: run only matching grid labels")
@@ -293,7 +298,7 @@ def main():
         restore(targets, dense)
 
     record("dense (fp32 copy of the Q4_1 GGUF)", "dense", 16.0)
-    for bits in ((4,) if a.quick else (4, 3)):
+    for bits in (() if a.no_baselines else (4,) if a.quick else (4, 3)):
         for name, fn in (("RTN", rtn), ("HQQ", hqq)):
             t = time.perf_counter()
             for n, lin in targets.items():
