@@ -52,7 +52,9 @@ def test_side_by_side_offline_both_protocols_twice(fake_data_dir, eval_sketch_di
     assert full["configs"]["st_gsm8k"]["generation_kwargs"]["max_gen_toks"] == 4
     samples = _responses(first)
     assert len(samples["samples/00-smollm2-135m/st_gsm8k.jsonl"]) == 2
-    assert len(samples["samples/01-sketch/st_boolq_ll.jsonl"]) == 2
+    from sketchtune_cli.evaluate.report import slug
+
+    assert len(samples[f"samples/{slug(str(eval_sketch_dir), 1)}/st_boolq_ll.jsonl"]) == 2
 
     code, out, err = run_cli(capsys, *common, "-o", str(second), "--json")
     assert code == 0, err
