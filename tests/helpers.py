@@ -54,3 +54,17 @@ def save_tiny_model(directory: Path, family: str = "llama", seed: int = 0, **ove
     model.save_pretrained(directory)
     tiny_tokenizer().save_pretrained(directory)
     return directory
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``sketchtune ARGV`` in this process through the real entry point: (exit code, stdout, stderr)."""
+    from sketchtune_cli.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err

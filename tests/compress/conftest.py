@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import helpers
 from helpers import VOCAB, save_tiny_model, tiny_tokenizer  # noqa: F401  (re-exported for the tests here)
 
 @pytest.fixture(scope="session")
@@ -24,16 +25,4 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def run_cli(capsys):
     """Run the real ``sketchtune`` entry point in-process: returns (exit code, stdout, stderr)."""
-    from sketchtune_cli.cli import main
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return lambda *args: helpers.run_cli(capsys, *args)

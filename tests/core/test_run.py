@@ -7,20 +7,8 @@ import sys
 import pytest
 import yaml
 
-from helpers import save_tiny_model
+from helpers import run_cli, save_tiny_model
 from sketchtune_cli.artifacts import read_manifest
-from sketchtune_cli.cli import main
-
-
-def run_cli(capsys, *args):
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -7,20 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_cli
 from sketchtune_cli.artifacts import read_manifest
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    from sketchtune_cli.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _responses(artifact: Path) -> dict[str, list]:

@@ -10,26 +10,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import run_cli  # noqa: F401  (re-exported for the export tests)
+
 TOKENS = torch.tensor([[3, 17, 42, 5, 99, 23, 64, 8], [3, 9, 11, 12, 13, 70, 71, 1]])
 
 
 def logits(model, tokens: torch.Tensor = TOKENS) -> torch.Tensor:
     with torch.no_grad():
         return model(tokens).logits.float()
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """``sketchtune ARGV`` in this process: (exit code, stdout, stderr)."""
-    from sketchtune_cli.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 _PLAIN_LOAD = r"""
