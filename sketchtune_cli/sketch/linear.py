@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sketchtune_kernels import SUPPORTED_BITS, lut_dequant, lut_grad_from_io, lut_matmul, packed_len
+from sketchtune_kernels import SUPPORTED_BITS, lut_dequant, lut_grad_from_io, lut_matmul, packed_len, unpack_codes
 
 
 def check_sketch_shape(in_features: int, bits: int, groups_per_row: int, name: str = "layer") -> None:
@@ -27,15 +27,15 @@ class _LutLinearFn(torch.autograd.Function):
     of being saved, so training holds no dense weights between forward and backward."""
 
     @staticmethod
-    def forward(ctx, x, lut, codes, bias, bits, in_features, use_fused):
+    def forward(ctx, x, lut, codes, bias, bits, in_features, use_fused, flat_index=None):
+        ctx.bits, ctx.in_features, ctx.flat_index = bits, in_features, flat_index
         if use_fused:
             y = lut_matmul(x, lut, codes, bits, in_features)
         else:
-            y = x @ lut_dequant(lut, codes, bits, in_features).to(x.dtype).t()
+            y = x @ _dequant(ctx, lut, codes).to(x.dtype).t()
         if bias is not None:
             y = y + bias.to(y.dtype)
         ctx.save_for_backward(x, lut, codes)
-        ctx.bits, ctx.in_features = bits, in_features
         return y
 
     @staticmethod
@@ -43,12 +43,31 @@ class _LutLinearFn(torch.autograd.Function):
         x, lut, codes = ctx.saved_tensors
         grad_x = grad_lut = None
         if ctx.needs_input_grad[0]:
-            w = lut_dequant(lut, codes, ctx.bits, ctx.in_features).to(grad_y.dtype)
-            grad_x = grad_y @ w
+            grad_x = grad_y @ _dequant(ctx, lut, codes).to(grad_y.dtype)
         if ctx.needs_input_grad[1]:
-            # On CUDA the fused kernel bins grad_y^T x tile by tile: the dense weight gradient never exists.
-            grad_lut = lut_grad_from_io(grad_y, x, codes, ctx.bits, lut.shape[1]).to(lut.dtype)
-        return grad_x, grad_lut, None, None, None, None, None
+            if ctx.flat_index is not None:
+                grad_lut = _lut_grad_by_index(grad_y, x, lut, ctx.flat_index)
+            else:
+                # On CUDA the fused kernel bins grad_y^T x tile by tile: the dense weight gradient never exists.
+                grad_lut = lut_grad_from_io(grad_y, x, codes, ctx.bits, lut.shape[1]).to(lut.dtype)
+        return grad_x, grad_lut, None, None, None, None, None, None
+
+
+def _dequant(ctx, lut, codes):
+    if ctx.flat_index is not None:
+        return lut.reshape(-1).index_select(0, ctx.flat_index).reshape(lut.shape[0], ctx.in_features)
+    return lut_dequant(lut, codes, ctx.bits, ctx.in_features)
+
+
+def _lut_grad_by_index(grad_y, x, lut, flat_index):
+    """CPU: the same scatter-add as the kernels' reference, over precomputed flat LUT positions (index_add_
+    on CPU is sequential, hence deterministic); fp32 accumulation."""
+    dtype = torch.promote_types(grad_y.dtype, torch.float32)
+    gy = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
+    gx = x.reshape(-1, x.shape[-1]).to(grad_y.dtype).to(dtype)
+    grad_w = gy.t() @ gx
+    out = torch.zeros(lut.numel(), dtype=dtype, device=lut.device)
+    return out.index_add_(0, flat_index, grad_w.reshape(-1)).reshape(lut.shape).to(lut.dtype)
 
 
 class SketchedLinear(nn.Module):
@@ -82,6 +101,9 @@ class SketchedLinear(nn.Module):
         # the cache is keyed on the LUT's version counter, so any update (optimizer, load_luts) drops it.
         self.cache_dense_on_cpu = True
         self._dense_cache: tuple[tuple, torch.Tensor] | None = None
+        # CPU training: the codes are frozen, so their unpacked flat LUT positions are computed once
+        # (unpacking on every call was ~40% of a CPU training step). 4 bytes per weight.
+        self._index_cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def group_size(self) -> int:
@@ -104,6 +126,15 @@ class SketchedLinear(nn.Module):
             self._dense_cache = (version, self.dense_weight().detach())
         return self._dense_cache[1]
 
+    def _flat_index(self) -> torch.Tensor:
+        key = (self.codes._version, self.codes.data_ptr(), self.lut.shape)
+        if self._index_cache is None or self._index_cache[0] != key:
+            rows, groups, levels = self.lut.shape
+            base = torch.arange(0, rows * groups * levels, levels, dtype=torch.int32, device=self.codes.device)
+            idx = unpack_codes(self.codes, self.bits, self.group_size).to(torch.int32) + base.reshape(rows, groups, 1)
+            self._index_cache = (key, idx.reshape(-1))
+        return self._index_cache[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cache_dense_on_cpu and not x.is_cuda and not (torch.is_grad_enabled() and self.lut.requires_grad):
             y = x @ self._cached_dense().to(x.dtype).t()
@@ -111,4 +142,5 @@ class SketchedLinear(nn.Module):
         self._dense_cache = None  # training: never hold a stale or extra dense copy
         tokens = x.numel() // x.shape[-1]
         use_fused = x.is_cuda and tokens <= self.fused_max_tokens
-        return _LutLinearFn.apply(x, self.lut, self.codes, self.bias, self.bits, self.in_features, use_fused)
+        flat_index = None if x.is_cuda else self._flat_index()
+        return _LutLinearFn.apply(x, self.lut, self.codes, self.bias, self.bits, self.in_features, use_fused, flat_index)

@@ -48,6 +48,17 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, (x, layer.lut.detach().clone().requires_grad_(True)))
 
 
+def test_gradcheck_float64_cpu_index_path():
+    """The CPU path (precomputed flat LUT positions, index_add_) against finite differences."""
+    layer, _ = make_layer(rows=4, cols=6, bits=2, groups=3, bias=True)
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    from sketchtune_cli.sketch.linear import _LutLinearFn
+
+    index = layer._flat_index()
+    fn = lambda x_, lut_: _LutLinearFn.apply(x_, lut_, layer.codes, layer.bias, layer.bits, layer.in_features, False, index)
+    assert torch.autograd.gradcheck(fn, (x, layer.lut.detach().clone().requires_grad_(True)))
+
+
 def test_lut_grad_equals_autograd_through_gather():
     torch.manual_seed(1)
     layer, codes = make_layer(rows=7, cols=16, bits=4, groups=4, dtype=torch.float32)
