@@ -23,13 +23,13 @@ app = typer.Typer(
 
 # One module per command group; each has register(app). Listed here once its command works.
 STAGE_MODULES = [
-    "sketchtune_cli.inspect_cmd",
     "sketchtune_cli.compress.command",
-    "sketchtune_cli.config_cmd",
-    "sketchtune_cli.run_cmd",
-    "sketchtune_cli.export.command",
-    "sketchtune_cli.evaluate.command",
     "sketchtune_cli.finetune.command",
+    "sketchtune_cli.evaluate.command",
+    "sketchtune_cli.export.command",
+    "sketchtune_cli.run_cmd",
+    "sketchtune_cli.inspect_cmd",
+    "sketchtune_cli.config_cmd",
 ]
 
 _state = {"debug": False}
