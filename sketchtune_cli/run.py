@@ -202,6 +202,6 @@ def summary_rows(reports: list[StageReport]) -> list[tuple[str, str, str, str, s
     rows = []
     for rep in reports:
         size = sum(p.stat().st_size for p in rep.path.rglob("*") if p.is_file()) if rep.path.exists() else 0
-        detail = ", ".join(f"{k}={v}" for k, v in rep.headline.items())
+        detail = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rep.headline.items())
         rows.append((rep.stage, rep.status, str(rep.path), human_bytes(size), f"{rep.seconds:.0f}s", detail))
     return rows
