@@ -68,3 +68,13 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def naive_weight(lut, codes):
+    """Independent reference by explicit loops: ``W[i, j] = lut[i, j // n, codes[i, j // n, j % n]]``."""
+    rows, groups, n = codes.shape
+    w = torch.empty(rows, groups * n, dtype=lut.dtype)
+    for i in range(rows):
+        for j in range(groups * n):
+            w[i, j] = lut[i, j // n, int(codes[i, j // n, j % n])]
+    return w

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from helpers import naive_weight
 from sketchtune_kernels import (dequant_ref, lut_dequant, lut_grad, lut_grad_from_io, lut_grad_from_io_ref,
                                 lut_grad_ref, lut_matmul, lut_matmul_ref, pack_codes)
 
@@ -13,19 +14,10 @@ def _case(rows, groups, group_size, bits, dtype=torch.float64, seed=0):
     return lut, codes, pack_codes(codes, bits)
 
 
-def _naive_dequant(lut, codes):
-    rows, groups, n = codes.shape
-    w = torch.zeros(rows, groups * n, dtype=lut.dtype)
-    for i in range(rows):
-        for j in range(groups * n):
-            w[i, j] = lut[i, j // n, int(codes[i, j // n, j % n])]
-    return w
-
-
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_dequant_and_matmul_match_loops(bits):
     lut, codes, packed = _case(3, 2, 5, bits)
-    w = _naive_dequant(lut, codes)
+    w = naive_weight(lut, codes)
     assert torch.equal(dequant_ref(lut, packed, bits, 10), w)
     x = torch.randn(4, 10, dtype=torch.float64)
     y = torch.zeros(4, 3, dtype=torch.float64)

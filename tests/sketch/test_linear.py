@@ -3,6 +3,7 @@ the scatter-add of the weight gradient (checked against autograd through torch.g
 import pytest
 import torch
 
+from helpers import naive_weight
 from sketchtune_cli.sketch import SketchedLinear
 from sketchtune_kernels import pack_codes
 
@@ -17,16 +18,6 @@ def make_layer(rows=6, cols=12, bits=4, groups=3, bias=False, dtype=torch.float6
         if bias:
             layer.bias.copy_(torch.randn(rows, generator=g, dtype=dtype))
     return layer, codes
-
-
-def naive_weight(lut, codes):
-    """Explicit loops: W[i, j] = lut[i, j // n, codes[i, j // n, j % n]]."""
-    rows, groups, n = codes.shape
-    w = torch.empty(rows, groups * n, dtype=lut.dtype)
-    for i in range(rows):
-        for j in range(groups * n):
-            w[i, j] = lut[i, j // n, int(codes[i, j // n, j % n])]
-    return w
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
