@@ -7,6 +7,10 @@ A checkpoint is ``checkpoints/step-NNNNNNN/`` with
   ``state.json``             step, config fingerprint, optimizer groups, scheduler, python RNG, counters.
 It is written into a temporary directory and renamed, then ``checkpoints/latest.json`` is replaced
 atomically, so a kill at any moment leaves the previous checkpoint usable.
+
+Under FSDP the LUTs and their optimizer states are sharded DTensors: they are gathered into full tensors
+before saving (:func:`full_optimizer_state`, on every process) and re-sharded on load, so the files are the
+same whatever the process count or DDP/FSDP, and a run can resume under another layout.
 """
 from __future__ import annotations
 
@@ -39,9 +43,32 @@ def _jsonable(obj):
 
 # ---- optimizer -----------------------------------------------------------------------------------------
 
-def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split ``optimizer.state_dict()`` into tensors (safetensors) and the rest (JSON)."""
+def _is_dtensor(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def full_optimizer_state(optimizer) -> dict:
+    """``optimizer.state_dict()`` with FSDP-sharded (DTensor) states gathered into full tensors. A collective
+    under FSDP: every process must call it."""
     sd = optimizer.state_dict()
+    state = {idx: {k: v.full_tensor() if _is_dtensor(v) else v for k, v in st.items()} for idx, st in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def _like(value, param):
+    """A loaded full tensor shaped like ``param``: this process's shard when ``param`` is a sharded DTensor
+    (every process reads the whole file, so no communication is needed)."""
+    if not (_is_dtensor(param) and isinstance(value, torch.Tensor) and value.shape == param.shape):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+
+
+def optimizer_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict (:func:`full_optimizer_state`) into tensors (safetensors) and the rest (JSON)."""
     tensors, scalars = {}, {}
     for idx, st in sd["state"].items():
         for key, val in st.items():
@@ -93,14 +120,15 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 # ---- save / load ---------------------------------------------------------------------------------------
 
 def save_checkpoint(root: Path, step: int, luts: dict[str, torch.Tensor], optimizer, scheduler, state: dict) -> Path:
-    """Write checkpoint ``step`` under ``root/checkpoints`` and point ``latest.json`` at it."""
+    """Write checkpoint ``step`` under ``root/checkpoints`` and point ``latest.json`` at it. ``luts`` are full
+    tensors; ``optimizer`` is an optimizer or its full state dict (:func:`full_optimizer_state`)."""
     ck_root = Path(root) / CKPT_DIR
     final = ck_root / f"step-{step:07d}"
     tmp = ck_root / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in luts.items()}, tmp / "luts.safetensors")
-    opt_t, opt_meta = optimizer_tensors(optimizer)
+    opt_t, opt_meta = optimizer_tensors(optimizer if isinstance(optimizer, dict) else optimizer.state_dict())
     save_file(opt_t, tmp / "optimizer.safetensors")
     rng_t, rng_meta = rng_tensors()
     save_file(rng_t, tmp / "rng.safetensors")
@@ -135,15 +163,21 @@ def read_state(ck: Path) -> dict:
 
 
 def load_checkpoint(ck: Path, params: dict[str, torch.nn.Parameter], optimizer, scheduler) -> dict:
-    """Restore LUTs, optimizer, scheduler and RNG from ``ck``; returns its state.json."""
+    """Restore LUTs, optimizer, scheduler and RNG from ``ck``; returns its state.json. ``params`` may be
+    FSDP-sharded DTensors: each process then keeps its shard of the full tensors in the files."""
     state = read_state(ck)
     luts = load_file(str(ck / "luts.safetensors"))
     if set(luts) != set(params):
         raise ValueError(f"checkpoint {ck} holds other LUTs than this model ({len(luts)} vs {len(params)})")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(luts[name])
-    optimizer.load_state_dict(optimizer_state(load_file(str(ck / "optimizer.safetensors")), state["optimizer"]))
+            p.copy_(_like(luts[name], p))
+    opt = optimizer_state(load_file(str(ck / "optimizer.safetensors")), state["optimizer"])
+    ordered = [p for g in optimizer.param_groups for p in g["params"]]  # state_dict's indices follow this order
+    for idx, st in opt["state"].items():
+        if idx < len(ordered):
+            opt["state"][idx] = {k: _like(v, ordered[idx]) for k, v in st.items()}
+    optimizer.load_state_dict(opt)
     scheduler.load_state_dict(state["scheduler"])
     restore_rng(load_file(str(ck / "rng.safetensors")), state["rng"])
     return state

@@ -93,7 +93,10 @@ def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, ov
         if accelerator.is_main_process:
             _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sections, fp, resuming, resume, overwrite)
         else:
-            Trainer(accelerator, model, tokenizer, data, cfg.train, partial_dir(out), fp, resuming, write=False).run()
+            trainer = Trainer(accelerator, model, tokenizer, data, cfg.train, partial_dir(out), fp, resuming, write=False)
+            trainer.run()
+            if trainer.fsdp:  # the main process gathers the final sharded LUTs: a collective
+                trainer.lut_tensors()
         accelerator.wait_for_everyone()
     finally:
         torch.use_deterministic_algorithms(was_deterministic)

@@ -5,6 +5,11 @@ process-count-independent results need full control of which examples form each 
 :mod:`.order`) and of the loss normalisation. The loss of an optimizer step is the mean over all response
 tokens of the whole effective batch (all micro batches, all processes), so 1 process with 4 micro batches
 and 2 processes with 2 each compute the same gradient.
+
+Several processes: DDP (``accelerate launch --num_processes N``) or FSDP2 (``accelerate launch --use_fsdp
+--fsdp_version 2 --num_processes N``). Under FSDP the trainer applies ``fully_shard`` itself (one unit per
+decoder block plus the root, see :func:`shard_model`) instead of handing the model to ``accelerator.prepare``:
+Accelerate's own FSDP path exists only on GPUs, and doing it here gives CPU (gloo) and GPU one code path.
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ def make_accelerator(train, project_dir: Path):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
+    check_fsdp_version()  # before Accelerator(): its FSDP1 plugin fails on a CPU-only machine with a cryptic error
     # Accelerate sets up CPU multi-process (gloo, e.g. under torchrun) only when told cpu=True.
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(
@@ -57,16 +63,41 @@ def make_accelerator(train, project_dir: Path):
         project_dir=str(project_dir),
     )
     check_distributed_type(accelerator.distributed_type)
+    if uses_fsdp(accelerator) and accelerator.mixed_precision == "fp16":
+        raise UserError("train.mixed_precision=fp16 is not supported with FSDP (no sharded grad scaler); use bf16")
     return accelerator
 
 
+FSDP_ENV = "ACCELERATE_USE_FSDP"  # set by `accelerate launch --use_fsdp` (or an FSDP accelerate config)
+IGNORED_FSDP_ENV = ("FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING")  # accelerate options we do not apply
+
+
 def check_distributed_type(kind) -> None:
-    """DDP (and single process) only. FSDP would shard the LUTs together with frozen dense tensors (mixed
-    requires_grad needs use_orig_params) and our checkpoints would need gathered state dicts; the base is
-    already 4-bit, so DDP replicas fit where QLoRA's would."""
+    """Single process, DDP and FSDP2; DeepSpeed and Megatron-LM are refused."""
     name = str(getattr(kind, "value", kind)).upper()
-    if name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise UserError(f"finetune supports single-process and DDP runs, not {name}; launch without --use_fsdp/--use_deepspeed")
+    if name in ("DEEPSPEED", "MEGATRON_LM"):
+        raise UserError(f"finetune supports single-process, DDP and FSDP runs, not {name}; launch without --use_deepspeed")
+
+
+def fsdp_requested() -> bool:
+    return os.environ.get(FSDP_ENV, "false").lower() in ("true", "1")
+
+
+def check_fsdp_version() -> None:
+    """FSDP2 only. FSDP1's flat parameters would need use_orig_params for LUTs next to frozen tensors; FSDP2
+    shards per parameter (the LUTs and the frozen dense tensors) and leaves the packed codes as plain buffers."""
+    if fsdp_requested() and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise UserError("finetune shards with FSDP2 only: launch with `accelerate launch --use_fsdp --fsdp_version 2 ...`")
+
+
+def uses_fsdp(accelerator) -> bool:
+    """True for an FSDP launch with several processes. Accelerate turns ``--use_fsdp`` into
+    DistributedType.FSDP on GPUs only (on CPU it stays MULTI_CPU), so the launcher's environment decides."""
+    name = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)).upper()
+    if not (name == "FSDP" or fsdp_requested()) or accelerator.num_processes < 2:
+        return False
+    check_fsdp_version()
+    return True
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:
@@ -92,6 +123,35 @@ def trainable_luts(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     if not luts:
         raise UserError("the base model has no sketched layers; fine-tune a sketch artifact made by `sketchtune compress`")
     return luts
+
+
+def shard_model(model: torch.nn.Module, device: torch.device, world: int) -> int:
+    """FSDP2: ``fully_shard`` every decoder block (``model._no_split_modules``), then the root (embeddings,
+    final norm, head). Parameters (the LUTs, and the frozen dense tensors) are sharded along dim 0; buffers
+    (packed codes, biases) are not sharded and stay on every process. Returns the number of blocks sharded."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    # FSDP2 all-gathers the LUT into a persistent unsharded buffer under _unsafe_preserve_version_counter:
+    # new values arrive without a version bump, so the CPU W_hat cache (keyed on version and pointer) could
+    # serve stale weights in eval. The flat-index cache stays: it is keyed on the codes, which FSDP never touches.
+    for m in model.modules():
+        if isinstance(m, SketchedLinear):
+            m.cache_dense_on_cpu = False
+    return len(blocks)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or gathered from all processes when it is an FSDP-sharded DTensor (a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
@@ -160,8 +220,25 @@ class Trainer:
             enable_gradient_checkpointing(model)
         model.train()
         self.plan = make_plan(train, len(data.train), accelerator.num_processes)
+        self.fsdp = uses_fsdp(accelerator)
+        if self.fsdp:
+            blocks = shard_model(model, accelerator.device, accelerator.num_processes)
+            log.info("FSDP2: %d decoder blocks + root sharded over %d processes (codes stay buffers)", blocks,
+                     accelerator.num_processes)
+            ignored = [k for k in IGNORED_FSDP_ENV if os.environ.get(k, "false").lower() == "true"]
+            if ignored:
+                log.warning("ignoring %s: finetune applies its own FSDP2 wrapping (use train.gradient_checkpointing "
+                            "for activation checkpointing)", ", ".join(ignored))
+            # fully_shard replaced the LUT Parameters by sharded DTensor ones: collect those (same names, order)
+            params = dict(model.named_parameters())
+            self.luts = {name: params[name] for name in self.luts}
         optimizer, scheduler = make_optimizer(list(self.luts.values()), train, self.plan.total_steps)
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if self.fsdp:
+            # Not through accelerator.prepare: that would wrap the sharded model in DDP on CPU. The forward
+            # gets the accelerator's autocast explicitly (see _autocast); fp16 (grad scaler) is refused.
+            self.model, self.optimizer = model, optimizer
+        else:
+            self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.scheduler = scheduler  # stepped by hand once per optimizer step
         self.order = DataOrder(len(data.train), train.seed)
         self.start_step, self.counters = 0, {"tokens": 0, "target_tokens": 0, "seconds": 0.0}
@@ -193,20 +270,33 @@ class Trainer:
         ], dtype=torch.float64, device=self.acc.device)
         return self.acc.reduce(local, "sum") if self.plan.world > 1 else local
 
+    def _no_sync(self):
+        """Accumulate gradients locally (no all-reduce / reduce-scatter) for all but the last micro batch."""
+        if not self.fsdp:
+            return self.acc.no_sync(self.model)
+        return _fsdp_no_sync(self.model)
+
+    def _autocast(self):
+        # DDP: accelerator.prepare already wrapped the model's forward in the mixed-precision autocast.
+        return self.acc.autocast() if self.fsdp else contextlib.nullcontext()
+
     def train_step(self, step: int) -> dict:
         batches = self._batches(step)
         counts = self._global_counts(batches)
-        # DDP averages gradients over processes; scaling by world / N makes the sum the global token mean.
+        # DDP and FSDP both average gradients over processes; scaling by world / N makes the sum the global
+        # token mean.
         scale = self.plan.world / counts[0].item()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.acc.device)
         for k, b in enumerate(batches):
             sync = k == len(batches) - 1
-            with contextlib.nullcontext() if sync else self.acc.no_sync(self.model):
-                out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+            with contextlib.nullcontext() if sync else self._no_sync():
+                with self._autocast():
+                    out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
                 loss = token_loss_sum(out.logits, b["labels"])
                 self.acc.backward(loss * scale)
             loss_sum += loss.detach().double()
-        grad_norm = self.acc.clip_grad_norm_(list(self.luts.values()), self.train_cfg.max_grad_norm)
+        # DTensor-aware under FSDP: the norm covers all shards and is the same on every process.
+        grad_norm = full_tensor(self.acc.clip_grad_norm_(list(self.luts.values()), self.train_cfg.max_grad_norm))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -226,7 +316,8 @@ class Trainer:
         sums = torch.zeros(2, dtype=torch.float64, device=self.acc.device)
         for mb in micro_batches(idx, self.plan.micro_batch_size):
             b = {k: v.to(self.acc.device) for k, v in collate([self.data.val[i] for i in mb], self.pad_id).items()}
-            out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+            with self._autocast():
+                out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
             sums[0] += token_loss_sum(out.logits, b["labels"]).double()
             sums[1] += (b["labels"][:, 1:] != IGNORE).sum()
         self.model.train()
@@ -235,9 +326,16 @@ class Trainer:
         return (sums[0] / sums[1].clamp(min=1)).item()
 
     def save(self, step: int) -> None:
-        if self.write and self.acc.is_main_process:
+        """Checkpoint ``step`` (written by the main process). Under FSDP every process takes part: the sharded
+        LUTs and optimizer states are gathered into full tensors first, so the files are the same as from a
+        single process (and resume under any process count / DDP / FSDP)."""
+        writes = self.write and self.acc.is_main_process
+        if not (writes or self.fsdp):
+            return
+        luts, opt_state = self.lut_tensors(), ckpt.full_optimizer_state(self.optimizer)
+        if writes:
             state = {"fingerprint": self.fingerprint, "counters": self.counters, "total_steps": self.plan.total_steps}
-            ckpt.save_checkpoint(self.root, step, self.luts, self.optimizer, self.scheduler, state)
+            ckpt.save_checkpoint(self.root, step, luts, opt_state, self.scheduler, state)
 
     # -- the run --
     def run(self) -> dict:
@@ -296,4 +394,14 @@ class Trainer:
         }
 
     def lut_tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in self.luts.items()}
+        """The full trained LUTs on CPU. Under FSDP this gathers the shards: call it on every process."""
+        return {k: full_tensor(v.detach()).cpu().contiguous() for k, v in self.luts.items()}
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)

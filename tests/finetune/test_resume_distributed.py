@@ -1,4 +1,5 @@
-"""Exact resume after a hard kill, and 2 CPU processes (DDP over gloo) against 1 at the same global batch."""
+"""Exact resume after a hard kill, and 2 CPU processes (DDP or FSDP2 over gloo) against 1 at the same global
+batch, including checkpoints resumed across 1-process and FSDP layouts."""
 from __future__ import annotations
 
 import json
@@ -79,3 +80,77 @@ def test_two_processes_match_one(straight, tiny_base, tmp_path):
     a, b = _luts(out), _luts(straight)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def _launch_fsdp(*args: str, env: dict | None = None):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
+              "--num_processes", "2", "--main_process_port", str(_free_port()), "-m", "sketchtune_cli"]
+    return run_subprocess(launch + list(args), env={**NO_GPU, **(env or {})})
+
+
+def _ckpt_tensors(out, step, name):
+    return load_file(str(out / "checkpoints" / f"step-{step:07d}" / name))
+
+
+def _assert_close_to_straight(run, straight):
+    one, two = _losses(straight), _losses(run)
+    assert [s for s, _ in one] == [s for s, _ in two]
+    torch.testing.assert_close(torch.tensor([l for _, l in two]), torch.tensor([l for _, l in one]), rtol=1e-5, atol=0)
+    # AdamW hides a wrong gradient scale from the losses; the (pre-clipping) gradient norm does not
+    norms = [[r["grad_norm"] for r in _metrics(o) if "grad_norm" in r] for o in (run, straight)]
+    torch.testing.assert_close(torch.tensor(norms[0]), torch.tensor(norms[1]), rtol=1e-4, atol=0)
+    a, b = _luts(run), _luts(straight)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_two_processes_match_one(straight, tiny_base, tmp_path):
+    """FSDP2: the LUTs train sharded, the codes stay buffers; the per-step losses, the full LUTs written to
+    the adapter and the gathered checkpoint (LUTs + AdamW moments) equal the 1-process run's."""
+    out = tmp_path / "fsdp"
+    proc = _launch_fsdp("finetune", "--base", str(tiny_base), "-o", str(out), *RECIPE, "train.micro_batch_size=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == str(out)
+    assert "FSDP2: 2 decoder blocks + root sharded over 2 processes" in proc.stderr
+    m = read_manifest(out, stage="finetune")
+    assert m.results["processes"] == 2 and m.results["accumulation"] == 2
+    _assert_close_to_straight(out, straight)
+    for name in ("luts.safetensors", "optimizer.safetensors"):
+        a, b = _ckpt_tensors(out, 6, name), _ckpt_tensors(straight, 6, name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].shape == b[k].shape, (name, k)
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert all(torch.equal(v, _luts(out)[k]) for k, v in _ckpt_tensors(out, 6, "luts.safetensors").items())
+
+
+def test_fsdp_kill_and_resume_across_layouts(straight, tiny_base, tmp_path):
+    """Checkpoints move between layouts: 1 process killed after step 3 (checkpoint at 2) -> resumed under FSDP
+    (its shards cut from the full files), killed after step 5 (gathered checkpoint at 4) -> resumed in 1
+    process; the run ends where the uninterrupted 1-process run does."""
+    out = tmp_path / "relay"
+    args = ["finetune", "--base", str(tiny_base), "-o", str(out), *RECIPE, "train.micro_batch_size=1",
+            "train.save_every=2"]  # save_every may change on resume; micro_batch_size=1 fits both layouts
+    proc = run_subprocess(cli_args(*args), env={CRASH_ENV: "3", **NO_GPU})
+    assert proc.returncode == 99, proc.stderr[-2000:]
+    assert read_state(latest_checkpoint(partial_dir(out)))["step"] == 2
+    proc = _launch_fsdp(*args, "--resume", env={CRASH_ENV: "5"})
+    assert proc.returncode != 0 and "resumed from step-0000002" in proc.stderr, proc.stderr[-3000:]
+    assert "FSDP2: 2 decoder blocks" in proc.stderr
+    assert read_state(latest_checkpoint(partial_dir(out)))["step"] == 4
+    code, stdout, err = run_cli(*args, "--resume")  # 1 process x 1 micro x 4 accumulation
+    assert code == 0, err
+    assert "resumed from step-0000004" in err
+    assert read_manifest(out, stage="finetune").results["processes"] == 1
+    _assert_close_to_straight(out, straight)
+
+
+def test_fsdp1_is_refused_in_one_line(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets (version 1)
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    out = tmp_path / "v1"
+    code, _, err = run_cli("finetune", "--base", str(tiny_base), "-o", str(out), *RECIPE)
+    assert code != 0 and "--fsdp_version 2" in err and "Traceback" not in err
+    assert not out.exists() and not partial_dir(out).exists()
