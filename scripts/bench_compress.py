@@ -219,6 +219,32 @@ def capture_all_hessians(model, targets, calib: torch.Tensor, batch: int) -> dic
     return {n: accs[alias.get(n, n)] for n in targets}
 
 
+def cached_hessians(path: str | None, model, targets, calib: torch.Tensor) -> dict[str, HessianAccumulator]:
+    """``capture_all_hessians``, stored in / reused from a safetensors file when ``path`` is given (the
+    file's metadata records the calibration tensor's shape and sum, so another calibration set is refused)."""
+    from safetensors.torch import load_file, save_file
+
+    key = f"{tuple(calib.shape)}:{int(calib.sum())}"
+    if path and Path(path).is_file():
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            stored = f.metadata().get("calibration")
+        if stored != key:
+            sys.exit(f"--hessian-cache {path} holds Hessians of calibration {stored}, not {key}: delete it or pick another path")
+        tensors = load_file(path)
+        log(f"Hessians loaded from {path}")
+        return {n: HessianAccumulator.from_sum(tensors[n], int(tensors[n + ".n"])) for n in targets}
+    hessians = capture_all_hessians(model, targets, calib, batch=4)
+    if path:
+        tensors = {}
+        for n, acc in hessians.items():
+            tensors[n] = acc.raw_sum().contiguous()
+            tensors[n + ".n"] = torch.tensor(acc.n_samples)
+        save_file(tensors, path, metadata={"calibration": key})
+    return hessians
+
+
 def sketch_all_oneshot(targets, dense: dict[str, torch.Tensor], hessians, settings: CompressSettings) -> dict:
     errs, t0 = [], time.perf_counter()
     for name, lin in targets.items():
@@ -249,6 +275,7 @@ SKETCH_GRID = [  # (label, overrides); all one-shot, ablations relative to "sket
     ("ablation: exponent 0 (unweighted k-means)", dict(bits=4, groups_per_row=1, exponent=0.0)),
     ("ablation: no error compensation", dict(bits=4, groups_per_row=1, error_compensation=False)),
     ("ablation: act-order off", dict(bits=4, groups_per_row=1, act_order=False)),
+    ("ablation: no LUT refit (k-means LUTs kept)", dict(bits=4, groups_per_row=1, lut_refit_rounds=0)),
     ("ablation: quantile init", dict(bits=4, groups_per_row=1, kmeans_init="quantile")),
     ("no calibration (H = I, p = 0, no compensation)", dict(bits=4, groups_per_row=1, exponent=0.0,
                                                            error_compensation=False, act_order=False, _no_h=True)),
@@ -269,6 +296,7 @@ def parse_args():
     p.add_argument("--scaling-blocks", type=int, default=4, help="decoder blocks kept for the timing runs")
     p.add_argument("--only", default=None, help="comma-separated substrings: run only matching grid labels")
     p.add_argument("--out", default=str(REPO / "benchmarks"))
+    p.add_argument("--hessian-cache", default=None, help="safetensors file to store/reuse the one-shot Hessians")
     return p.parse_args()
 
 
@@ -311,7 +339,7 @@ def main():
         grid = [(l, o) for l, o in grid if any(s in l for s in a.only.split(","))]
     if grid:
         t = time.perf_counter()
-        hessians = capture_all_hessians(model, targets, calib, batch=4)
+        hessians = cached_hessians(a.hessian_cache, model, targets, calib)
         capture_s = time.perf_counter() - t
         log(f"one-shot Hessian capture: {capture_s:.0f}s")
         for label, over in grid:

@@ -20,6 +20,7 @@ class CompressSettings(Section):
     kmeans_iters: int = Field(100, ge=1)
     kmeans_init: Literal["kmeans++", "quantile"] = "kmeans++"
     error_compensation: bool = Field(True, description="GPTQ-style error feedback while assigning codes")
+    lut_refit_rounds: int = Field(6, ge=0, description="least-squares LUT refits after code assignment (each later round re-assigns codes first); 0 = k-means LUTs only")
     targets: Optional[list[str]] = Field(None, description="module name patterns to sketch (default: all linears in decoder blocks)")
     ignore: list[str] = Field(default_factory=list, description="module name patterns to keep dense")
     lut_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"

@@ -15,6 +15,7 @@ import torch
 
 from ..sketch import Sketch
 from .kmeans import weighted_kmeans_1d
+from .refit import refit_luts, sort_luts
 from .settings import CompressSettings
 
 _LUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -57,10 +58,16 @@ def sketch_layer(
     lut, km = _fit_luts(weights, col_weight, s)
     lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
     lut = lut_store.float()  # assign codes against the values that will actually be stored
-    if s.error_compensation and prep.upper is not None:
-        codes = _assign_compensated(weights, prep, lut, s.block_size)
-    else:
-        codes = nearest_codes(weights.view(rows, groups, -1), lut)
+    codes = _assign_codes(weights, prep, lut, s)
+    for round_ in range(s.lut_refit_rounds if H is not None else 0):
+        if round_:  # later rounds: re-assign the codes against the refitted LUT first
+            codes = _assign_codes(weights, prep, lut, s)
+        damped = H.to(weights.device, torch.float32).clone()
+        damped.diagonal().add_(prep.damping)
+        lut, codes = sort_luts(refit_luts(weights, damped, codes, lut), codes.view(rows, groups, -1))
+        del damped
+        lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
+        lut = lut_store.float()
     sketch = Sketch(lut_store, codes.view(rows, groups, -1).to(torch.uint8), s.bits)
     rel = None
     if compute_error and H is not None:
@@ -68,6 +75,13 @@ def sketch_layer(
     stats = SketchStats(prep.damping, prep.damping_fraction, prep.dead, time.perf_counter() - start,
                         km.iterations, km.converged, rel)
     return sketch, stats
+
+
+def _assign_codes(weights: torch.Tensor, prep: "_Prepared", lut: torch.Tensor, s: CompressSettings) -> torch.Tensor:
+    """Codes ``[rows, cols]`` for the given LUT: error-compensated (step 6) or nearest value."""
+    if s.error_compensation and prep.upper is not None:
+        return _assign_compensated(weights, prep, lut, s.block_size)
+    return nearest_codes(weights.view(weights.shape[0], s.groups_per_row, -1), lut).view(weights.shape[0], -1)
 
 
 def dequantize(sketch: Sketch) -> torch.Tensor:

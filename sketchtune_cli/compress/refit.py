@@ -1,0 +1,76 @@
+"""LUT refit (after code assignment): with the codes fixed, the LUT values that minimise the layer's output
+error are a small least-squares problem per row.
+
+For one row ``w [cols]`` with codes ``c`` and ``q_j = lut[g(j), c_j]``, the output error over the
+calibration inputs is ``(w - q)^T H (w - q)``. Writing ``q = A l`` with ``A [cols, G*k]`` the one-hot map
+from columns to their (group, code) slot, the minimiser is ``l = (A^T H A)^-1 A^T H w``: a ``G*k``-sized
+solve per row. k-means fitted the LUTs before the error-compensated codes existed, so this refit always
+lowers (never raises) the objective the codes were chosen for.
+
+Cost: ``A^T H`` for a chunk of rows is one sparse-times-dense product (A has one nonzero per column and
+row), ``rows * cols^2`` multiply-adds per layer; a dense one-hot matmul would do 2^b times that. Rows
+go in chunks that bound the temporary memory.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+# Relative ridge on A^T H A, toward the current LUT: keeps codes that no column uses (zero rows of A^T H A)
+# at their k-means value and the solve well-posed; small enough not to bias used slots measurably.
+_RIDGE = 1e-6
+_CHUNK_BYTES = 256 * 2 ** 20
+
+
+def refit_luts(weights: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """Least-squares LUT ``[rows, G, k]`` (float32) for fixed ``codes [rows, cols]`` (original column order),
+    under the Hessian ``H [cols, cols]`` (positive definite: pass it damped). ``lut`` is the starting LUT,
+    kept for codes that no column uses."""
+    rows, cols = weights.shape
+    groups, k = lut.shape[1], lut.shape[2]
+    H = H.to(weights.device, torch.float32)
+    chunk = max(1, min(rows, _CHUNK_BYTES // (4 * groups * k * cols)))
+    out = torch.empty(rows, groups, k, dtype=torch.float32, device=weights.device)
+    for r0 in range(0, rows, chunk):
+        r1 = min(r0 + chunk, rows)
+        out[r0:r1] = _refit_rows(weights[r0:r1].float(), H, codes[r0:r1], lut[r0:r1].float())
+    return out
+
+
+def _refit_rows(w: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    R, cols = w.shape
+    slots = lut.shape[1] * lut.shape[2]  # G * k LUT values per row
+    device = w.device
+    # slot of each weight within its row's LUT: group * k + code
+    slot = (torch.arange(cols, device=device) // (cols // lut.shape[1])) * lut.shape[2] + codes.long()
+    # A^T for all R rows stacked: [R * slots, cols], row r * slots + slot[r, j] has a 1 in column j
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is all we use
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        At = torch.sparse_coo_tensor(
+            torch.stack([(torch.arange(R, device=device).unsqueeze(1) * slots + slot).reshape(-1),
+                         torch.arange(cols, device=device).repeat(R)]),
+            torch.ones(R * cols, device=device), (R * slots, cols), check_invariants=False,
+        ).to_sparse_csr()
+    AtH = (At @ H).view(R, slots, cols)
+    M = torch.zeros(R, slots, slots, device=device).scatter_add_(2, slot.unsqueeze(1).expand(R, slots, cols), AtH)
+    rhs = torch.einsum("rsc,rc->rs", AtH, w)  # A^T H w
+    del AtH
+    diag = M.diagonal(dim1=1, dim2=2)
+    ridge = _RIDGE * diag.mean(1, keepdim=True).clamp_min(1e-30)  # [R, 1]
+    diag.add_(ridge)
+    rhs = rhs + ridge * lut.reshape(R, slots)
+    L, info = torch.linalg.cholesky_ex(M)
+    sol = torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1)
+    # A row whose system is numerically indefinite keeps its LUT (never make a row worse than k-means).
+    ok = (info == 0) & torch.isfinite(sol).all(1)
+    return torch.where(ok.unsqueeze(1), sol, lut.reshape(R, slots)).view_as(lut)
+
+
+def sort_luts(lut: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-sorts each LUT ascending (a refit can swap neighbours) and renumbers ``codes [rows, G, n]`` so
+    ``lut[codes]`` is unchanged."""
+    lut_sorted, order = lut.sort(dim=-1)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return lut_sorted, rank.gather(-1, codes.long())
