@@ -276,6 +276,7 @@ SKETCH_GRID = [  # (label, overrides); all one-shot, ablations relative to "sket
     ("ablation: no error compensation", dict(bits=4, groups_per_row=1, error_compensation=False)),
     ("ablation: act-order off", dict(bits=4, groups_per_row=1, act_order=False)),
     ("ablation: no LUT refit (k-means LUTs kept)", dict(bits=4, groups_per_row=1, lut_refit_rounds=0)),
+    ("ablation: LUT refit on the exact H (no shrinkage)", dict(bits=4, groups_per_row=1, refit_shrinkage=0.0)),
     ("ablation: quantile init", dict(bits=4, groups_per_row=1, kmeans_init="quantile")),
     ("no calibration (H = I, p = 0, no compensation)", dict(bits=4, groups_per_row=1, exponent=0.0,
                                                            error_compensation=False, act_order=False, _no_h=True)),
@@ -289,7 +290,7 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 128; quick 16)")
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--eval-windows", type=int, default=None, help="held-out windows per source (default 4; quick 2)")
+    p.add_argument("--eval-windows", type=int, default=None, help="held-out windows per source (default 16; quick 2)")
     p.add_argument("--no-pipeline", action="store_true", help="skip the sequential pipeline runs")
     p.add_argument("--no-baselines", action="store_true", help="skip RTN/HQQ")
     p.add_argument("--scaling", default=None, help="calibration sizes for the timing runs (default 32,64,128; quick 8,16)")
@@ -304,7 +305,7 @@ def main():
     a = parse_args()
     torch.set_num_threads(a.threads)
     n_calib = a.calib_samples or (16 if a.quick else 128)
-    n_eval = a.eval_windows or (2 if a.quick else 4)
+    n_eval = a.eval_windows or (2 if a.quick else 16)
     scaling = [int(s) for s in (a.scaling or ("8,16" if a.quick else "32,64,128")).split(",") if s]
     t_start = time.perf_counter()
     model, tok = load_model("smollm2-135m", dtype="float32", device="cpu")

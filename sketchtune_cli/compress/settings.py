@@ -20,6 +20,7 @@ class CompressSettings(Section):
     kmeans_iters: int = Field(100, ge=1)
     kmeans_init: Literal["kmeans++", "quantile"] = "kmeans++"
     error_compensation: bool = Field(True, description="GPTQ-style error feedback while assigning codes")
+    refit_shrinkage: float = Field(0.5, ge=0, le=1, description="LUT refit objective: H shrunk toward diag(H) by this weight (0 = exact H; the off-diagonal correlations of a small or off-domain calibration set overfit)")
     lut_refit_rounds: int = Field(6, ge=0, description="least-squares LUT refits after code assignment (each later round re-assigns codes first); 0 = k-means LUTs only")
     targets: Optional[list[str]] = Field(None, description="module name patterns to sketch (default: all linears in decoder blocks)")
     ignore: list[str] = Field(default_factory=list, description="module name patterns to keep dense")

@@ -64,6 +64,9 @@ def sketch_layer(
             codes = _assign_codes(weights, prep, lut, s)
         damped = H.to(weights.device, torch.float32).clone()
         damped.diagonal().add_(prep.damping)
+        if s.refit_shrinkage > 0:  # shrink the input correlations toward their diagonal (robust to calibration shift)
+            diag = damped.diagonal().clone()
+            damped.mul_(1 - s.refit_shrinkage).diagonal().add_(s.refit_shrinkage * diag)
         lut, codes = sort_luts(refit_luts(weights, damped, codes, lut), codes.view(rows, groups, -1))
         del damped
         lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
