@@ -1,5 +1,9 @@
 """Sketching one linear layer (METHOD.md §2 steps 1-6): LUTs by Hessian-weighted k-means, codes by a
-GPTQ-style column loop with error compensation.
+GPTQ-style column loop with error compensation; then (our addition, not in METHOD.md) ``lut_refit_rounds``
+rounds of a least-squares LUT refit for the fixed codes (:mod:`.refit`), each later round re-assigning the
+codes against the refitted LUT first. The refit's objective uses H shrunk toward its diagonal
+(``refit_shrinkage``): on the exact H it lowered the calibration-set error but raised held-out perplexity at
+G=4 and 3 bits (benchmarks/compress.md), a sign of fitting the calibration text's correlations.
 
 Everything runs on ``W``'s device in float32. The caller (the layer pipeline) collects ``H`` with
 ``hessian.HessianAccumulator``, calls ``sketch_layer`` and writes ``dequantize(sketch)`` back into the model
