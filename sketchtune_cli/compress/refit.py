@@ -4,8 +4,9 @@ error are a small least-squares problem per row.
 For one row ``w [cols]`` with codes ``c`` and ``q_j = lut[g(j), c_j]``, the output error over the
 calibration inputs is ``(w - q)^T H (w - q)``. Writing ``q = A l`` with ``A [cols, G*k]`` the one-hot map
 from columns to their (group, code) slot, the minimiser is ``l = (A^T H A)^-1 A^T H w``: a ``G*k``-sized
-solve per row. k-means fitted the LUTs before the error-compensated codes existed, so this refit always
-lowers (never raises) the objective the codes were chosen for.
+solve per row. k-means fitted the LUTs before the error-compensated codes existed; given the codes, this
+refit lowers (never raises) the quadratic objective it is handed (the sketcher passes a damped H shrunk
+toward its diagonal).
 
 Cost: ``A^T H`` for a chunk of rows is one sparse-times-dense product (A has one nonzero per column and
 row), ``rows * cols^2`` multiply-adds per layer; a dense one-hot matmul would do 2^b times that. Rows

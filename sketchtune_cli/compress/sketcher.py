@@ -3,7 +3,7 @@ GPTQ-style column loop with error compensation; then (our addition, not in METHO
 rounds of a least-squares LUT refit for the fixed codes (:mod:`.refit`), each later round re-assigning the
 codes against the refitted LUT first. The refit's objective uses H shrunk toward its diagonal
 (``refit_shrinkage``): on the exact H it lowered the calibration-set error but raised held-out perplexity at
-G=4 and 3 bits (benchmarks/compress.md), a sign of fitting the calibration text's correlations.
+G=4 and 3 bits (README, Benchmarks), a sign of fitting the calibration text's correlations.
 
 Everything runs on ``W``'s device in float32. The caller (the layer pipeline) collects ``H`` with
 ``hessian.HessianAccumulator``, calls ``sketch_layer`` and writes ``dequantize(sketch)`` back into the model
@@ -63,18 +63,15 @@ def sketch_layer(
     lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
     lut = lut_store.float()  # assign codes against the values that will actually be stored
     codes = _assign_codes(weights, prep, lut, s)
-    for round_ in range(s.lut_refit_rounds if H is not None else 0):
+    rounds = s.lut_refit_rounds if H is not None else 0
+    refit_H = _refit_hessian(H, prep.damping, s.refit_shrinkage, weights.device) if rounds else None
+    for round_ in range(rounds):
         if round_:  # later rounds: re-assign the codes against the refitted LUT first
             codes = _assign_codes(weights, prep, lut, s)
-        damped = H.to(weights.device, torch.float32).clone()
-        damped.diagonal().add_(prep.damping)
-        if s.refit_shrinkage > 0:  # shrink the input correlations toward their diagonal (robust to calibration shift)
-            diag = damped.diagonal().clone()
-            damped.mul_(1 - s.refit_shrinkage).diagonal().add_(s.refit_shrinkage * diag)
-        lut, codes = sort_luts(refit_luts(weights, damped, codes, lut), codes.view(rows, groups, -1))
-        del damped
+        lut, codes = sort_luts(refit_luts(weights, refit_H, codes, lut), codes.view(rows, groups, -1))
         lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
         lut = lut_store.float()
+    del refit_H
     sketch = Sketch(lut_store, codes.view(rows, groups, -1).to(torch.uint8), s.bits)
     rel = None
     if compute_error and H is not None:
@@ -82,6 +79,16 @@ def sketch_layer(
     stats = SketchStats(prep.damping, prep.damping_fraction, prep.dead, time.perf_counter() - start,
                         km.iterations, km.converged, rel)
     return sketch, stats
+
+
+def _refit_hessian(H: torch.Tensor, damping: float, shrinkage: float, device) -> torch.Tensor:
+    """The LUT refit's objective: the damped H, its off-diagonal part scaled by ``1 - shrinkage`` (the input
+    correlations of a small or off-domain calibration set are the least trustworthy part of H)."""
+    out = H.to(device, torch.float32).clone()
+    out.diagonal().add_(damping)
+    diag = out.diagonal().clone()
+    out.mul_(1 - shrinkage).diagonal().copy_(diag)
+    return out
 
 
 def _assign_codes(weights: torch.Tensor, prep: "_Prepared", lut: torch.Tensor, s: CompressSettings) -> torch.Tensor:
