@@ -49,11 +49,16 @@ def _is_dtensor(t) -> bool:
     return isinstance(t, DTensor)
 
 
+def full_tensor(t):
+    """``t`` itself, or gathered from all processes when it is an FSDP-sharded DTensor (a collective)."""
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
 def full_optimizer_state(optimizer) -> dict:
     """``optimizer.state_dict()`` with FSDP-sharded (DTensor) states gathered into full tensors. A collective
     under FSDP: every process must call it."""
     sd = optimizer.state_dict()
-    state = {idx: {k: v.full_tensor() if _is_dtensor(v) else v for k, v in st.items()} for idx, st in sd["state"].items()}
+    state = {idx: {k: full_tensor(v) for k, v in st.items()} for idx, st in sd["state"].items()}
     return {"state": state, "param_groups": sd["param_groups"]}
 
 

@@ -147,13 +147,6 @@ def shard_model(model: torch.nn.Module, device: torch.device, world: int) -> int
     return len(blocks)
 
 
-def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself, or gathered from all processes when it is an FSDP-sharded DTensor (a collective)."""
-    from torch.distributed.tensor import DTensor
-
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Recompute decoder blocks in backward. With a frozen base nothing entering a checkpointed block
     requires grad, and reentrant checkpointing would then drop the LUT gradients silently: make the
@@ -296,7 +289,7 @@ class Trainer:
                 self.acc.backward(loss * scale)
             loss_sum += loss.detach().double()
         # DTensor-aware under FSDP: the norm covers all shards and is the same on every process.
-        grad_norm = full_tensor(self.acc.clip_grad_norm_(list(self.luts.values()), self.train_cfg.max_grad_norm))
+        grad_norm = ckpt.full_tensor(self.acc.clip_grad_norm_(list(self.luts.values()), self.train_cfg.max_grad_norm))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -395,7 +388,7 @@ class Trainer:
 
     def lut_tensors(self) -> dict[str, torch.Tensor]:
         """The full trained LUTs on CPU. Under FSDP this gathers the shards: call it on every process."""
-        return {k: full_tensor(v.detach()).cpu().contiguous() for k, v in self.luts.items()}
+        return {k: ckpt.full_tensor(v.detach()).cpu().contiguous() for k, v in self.luts.items()}
 
 
 @contextlib.contextmanager
