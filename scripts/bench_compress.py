@@ -1,11 +1,12 @@
 """Compress benchmark on the embedded SmolLM2-135M-Instruct: held-out perplexity vs bits per weight.
 
-    python scripts/bench_compress.py            # full (~25 min on 2 free cores)
+    python scripts/bench_compress.py            # full (~75 min on 2 free cores)
     python scripts/bench_compress.py --quick    # smoke run (a few minutes)
 
 Compares dense, sketches (4-bit G=1 / G=4, 3-bit G=1), RTN and HQQ at group 64, and ablations of the
-sketch (exponent 0, no error compensation, no act-order, quantile init). Writes benchmarks/compress.json
-and benchmarks/compress.md.
+sketch (no Hessian weighting in the LUT fit, no error compensation, act-order off, no LUT refit) and
+variants (METHOD.md's Hessian-weighted k-means, exact-H refit, the previous default). Writes
+benchmarks/compress.json and benchmarks/compress.md. ``--hessian-cache FILE`` saves the one-shot capture.
 
 The embedded model's linear weights were Q4_1 already (blocks of 32 columns, scale + min): RTN or HQQ at
 4-bit group 32 reproduce them exactly, so the quantizers are compared at group 64.
@@ -268,20 +269,22 @@ def restore(targets, dense):
 
 
 # ------------------------------------------------------------------------------------------ main
-SKETCH_GRID = [  # (label, overrides); all one-shot, ablations relative to "sketch 4b G1"
+SKETCH_GRID = [  # (label, overrides); all one-shot, ablations relative to "sketch 4b G1" (the defaults)
     ("sketch 4b G1", dict(bits=4, groups_per_row=1)),
     ("sketch 4b G4", dict(bits=4, groups_per_row=4)),
     ("sketch 3b G1", dict(bits=3, groups_per_row=1)),
-    ("ablation: exponent 0 (unweighted k-means)", dict(bits=4, groups_per_row=1, exponent=0.0)),
+    # the default k-means is unweighted (p = 0); the Hessian weights the LUT values through the refit
+    ("ablation: no Hessian weighting in the LUT fit (unweighted refit)", dict(bits=4, groups_per_row=1, refit_weighting="none")),
     ("ablation: no error compensation", dict(bits=4, groups_per_row=1, error_compensation=False)),
     ("ablation: act-order off", dict(bits=4, groups_per_row=1, act_order=False)),
     ("ablation: no LUT refit (k-means LUTs kept)", dict(bits=4, groups_per_row=1, lut_refit_rounds=0)),
-    ("ablation: LUT refit on the exact H (no shrinkage)", dict(bits=4, groups_per_row=1, refit_shrinkage=0.0)),
-    ("ablation: quantile init", dict(bits=4, groups_per_row=1, kmeans_init="quantile")),
+    ("variant: Hessian-weighted k-means d^-4 (METHOD.md's p = 4)", dict(bits=4, groups_per_row=1, exponent=4.0)),
+    ("variant: LUT refit on the exact H (no shrinkage)", dict(bits=4, groups_per_row=1, refit_shrinkage=0.0)),
+    ("previous default: p = 4 k-means, no LUT refit", dict(bits=4, groups_per_row=1, exponent=4.0, lut_refit_rounds=0)),
     ("no calibration (H = I, p = 0, no compensation)", dict(bits=4, groups_per_row=1, exponent=0.0,
                                                            error_compensation=False, act_order=False, _no_h=True)),
 ]
-QUICK_GRID = {"sketch 4b G1", "ablation: exponent 0 (unweighted k-means)"}
+QUICK_GRID = {"sketch 4b G1", "ablation: no Hessian weighting in the LUT fit (unweighted refit)"}
 
 
 def parse_args():
@@ -405,6 +408,8 @@ def markdown(meta, rows, timing) -> str:
     dense = next(r for r in rows if r["method"] == "dense")["ppl"]
     key = "adapters" if "adapters" in dense else "all"
     cols = [k for k in ("math", "commonsense", "docstrings") if k in dense]
+    hqq4 = next((r["ppl"][key] - dense[key] for r in rows if r["label"] == "HQQ 4b g64"), None)
+    ref = next((r["ppl"][key] for r in rows if r["label"] == "sketch 4b G1"), None)
     lines = [
         "# Compress benchmark: SmolLM2-135M-Instruct (embedded)",
         "",
@@ -413,21 +418,28 @@ def markdown(meta, rows, timing) -> str:
         f"Calibration: {meta['calibration']['samples']} x {meta['calibration']['seq_len']} tokens of pydoc_data.topics. "
         f"Held-out windows (never calibrated on): {meta['heldout']}. Headline perplexity = `{key}`"
         + (" (math + commonsense pooled)." if key == "adapters" else "."),
-        f"Threads: {meta['threads']} (shared machine: times are indicative). Quick mode: {meta['quick']}.",
+        f"Threads: {meta['threads']}. Quick mode: {meta['quick']}. Total run time: {meta['total_s'] / 60:.0f} min.",
         "",
-        f"| configuration | method | bits/weight | ppl {key} | excess over dense | " + " | ".join(f"ppl {c}" for c in cols)
-        + " | mean rel. layer error | compress s |",
-        "|---|---|---|---|---|" + "---|" * len(cols) + "---|---|",
+        f"| configuration | method | bits/weight | ppl {key} | excess over dense | excess / HQQ 4b g64's | vs sketch 4b G1 one-shot | "
+        + " | ".join(f"ppl {c}" for c in cols) + " | mean rel. layer error | compress s |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(cols) + "---|---|",
     ]
     for r in rows:
         p = r["ppl"]
         err = r.get("mean_rel_error")
+        excess = p[key] - dense[key]
+        ratio = f"{excess / hqq4:.2f}x" if hqq4 and r["method"] != "dense" else ""
+        delta = f"{p[key] - ref:+.3f}" if ref is not None and r["label"].startswith(("ablation", "variant", "previous")) else ""
         lines.append(
-            f"| {r['label']} | {r['method']} | {r['bits_per_weight']:.3f} | {p[key]:.3f} | {p[key] - dense[key]:+.3f} | "
+            f"| {r['label']} | {r['method']} | {r['bits_per_weight']:.3f} | {p[key]:.3f} | {excess:+.3f} | {ratio} | {delta} | "
             + " | ".join(f"{p[c]:.3f}" for c in cols)
             + f" | {'' if err is None else f'{err:.4f}'} | {r.get('compress_s', 0):.0f} |"
         )
     lines += ["", "All RTN/HQQ figures: group 64, because the " + meta["note"] + ".", ""]
+    ablations = [r for r in rows if r["label"].startswith("ablation")]
+    if ref is not None and ablations:
+        hurt = [r["label"] for r in ablations if r["ppl"][key] > ref]
+        lines += [f"Ablations that raise the held-out perplexity over the default (one-shot): {len(hurt)} of {len(ablations)}.", ""]
     if timing:
         lines += ["## Pipeline wall time vs calibration size", "",
                   "| samples x tokens | blocks timed | seconds | est. full model (30 blocks) s |", "|---|---|---|---|"]

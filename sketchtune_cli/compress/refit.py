@@ -68,6 +68,19 @@ def _refit_rows(w: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut: torc
     return torch.where(ok.unsqueeze(1), sol, lut.reshape(R, slots)).view_as(lut)
 
 
+def refit_luts_unweighted(weights: torch.Tensor, codes: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """The refit with ``H = I`` (plain least squares on the weights, no calibration data): each LUT value
+    becomes the mean of the weights coded to it, a code that no weight uses keeps its value. Used by the
+    ``refit_weighting: none`` ablation."""
+    rows, cols = weights.shape
+    groups, k = lut.shape[1], lut.shape[2]
+    slot = (torch.arange(cols, device=weights.device) // (cols // groups)) * k + codes.long()  # [rows, cols]
+    total = torch.zeros(rows, groups * k, device=weights.device).scatter_add_(1, slot, weights.float())
+    count = torch.zeros(rows, groups * k, device=weights.device).scatter_add_(1, slot, torch.ones(rows, cols, device=weights.device))
+    mean = total / count.clamp_min(1)
+    return torch.where(count > 0, mean, lut.reshape(rows, -1).float()).view(rows, groups, k)
+
+
 def sort_luts(lut: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-sorts each LUT ascending (a refit can swap neighbours) and renumbers ``codes [rows, G, n]`` so
     ``lut[codes]`` is unchanged."""

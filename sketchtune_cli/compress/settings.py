@@ -14,13 +14,14 @@ class CompressSettings(Section):
     seq_len: int = Field(2048, ge=8, description="tokens per calibration sequence")
     seed: int = 0
     percdamp: float = Field(0.1, ge=0, description="Hessian damping as a fraction of mean(diag(H)) (inferred)")
-    exponent: float = Field(4.0, ge=0, description="k-means sample weight d_j^-p (LeanQuant's p)")
+    exponent: float = Field(0.0, ge=0, description="k-means sample weight d_j^-p (LeanQuant's p). 0: unweighted, the best start for the LUT refit on held-out text; METHOD.md's p = 4 is for k-means LUTs alone (lut_refit_rounds 0)")
     act_order: bool = Field(True, description="code columns in descending diag(H) order (inferred)")
     block_size: int = Field(128, ge=1, description="GPTQ lazy-update block size")
     kmeans_iters: int = Field(100, ge=1)
     kmeans_init: Literal["kmeans++", "quantile"] = "kmeans++"
     error_compensation: bool = Field(True, description="GPTQ-style error feedback while assigning codes")
     refit_shrinkage: float = Field(0.5, ge=0, le=1, description="LUT refit objective: H shrunk toward diag(H) by this weight (0 = exact H; the off-diagonal correlations of a small or off-domain calibration set overfit)")
+    refit_weighting: Literal["hessian", "none"] = Field("hessian", description="LUT refit objective: the (shrunk) calibration Hessian, or 'none' = plain least squares on the weights (an ablation: no Hessian weighting in the LUT fit)")
     lut_refit_rounds: int = Field(6, ge=0, description="least-squares LUT refits after code assignment (each later round re-assigns codes first); 0 = k-means LUTs only")
     targets: Optional[list[str]] = Field(None, description="module name patterns to sketch (default: all linears in decoder blocks)")
     ignore: list[str] = Field(default_factory=list, description="module name patterns to keep dense")

@@ -1,9 +1,12 @@
-"""Sketching one linear layer (METHOD.md §2 steps 1-6): LUTs by Hessian-weighted k-means, codes by a
-GPTQ-style column loop with error compensation; then (our addition, not in METHOD.md) ``lut_refit_rounds``
-rounds of a least-squares LUT refit for the fixed codes (:mod:`.refit`), each later round re-assigning the
-codes against the refitted LUT first. The refit's objective uses H shrunk toward its diagonal
-(``refit_shrinkage``): on the exact H it lowered the calibration-set error but raised held-out perplexity at
-G=4 and 3 bits (README, Benchmarks), a sign of fitting the calibration text's correlations.
+"""Sketching one linear layer (METHOD.md §2 steps 1-6): LUTs by k-means (sample weights ``d_j^-p``), codes
+by a GPTQ-style column loop with error compensation; then (our addition, not in METHOD.md)
+``lut_refit_rounds`` rounds of a least-squares LUT refit for the fixed codes (:mod:`.refit`), each later
+round re-assigning the codes against the refitted LUT first. The refit's objective uses H shrunk toward its
+diagonal (``refit_shrinkage``): on the exact H it lowered the calibration-set error but raised held-out
+perplexity at G=4 and 3 bits (README, Benchmarks), a sign of fitting the calibration text's correlations.
+With the refit carrying the Hessian weighting, unweighted k-means (p = 0, the default) measured the better
+start at 4 bits (our reading: METHOD.md's p = 4 piles the centroids onto a few high-energy columns, a start
+the alternating refit does not fully recover from).
 
 Everything runs on ``W``'s device in float32. The caller (the layer pipeline) collects ``H`` with
 ``hessian.HessianAccumulator``, calls ``sketch_layer`` and writes ``dequantize(sketch)`` back into the model
@@ -19,7 +22,7 @@ import torch
 
 from ..sketch import Sketch
 from .kmeans import weighted_kmeans_1d
-from .refit import refit_luts, sort_luts
+from .refit import refit_luts, refit_luts_unweighted, sort_luts
 from .settings import CompressSettings
 
 _LUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -64,11 +67,13 @@ def sketch_layer(
     lut = lut_store.float()  # assign codes against the values that will actually be stored
     codes = _assign_codes(weights, prep, lut, s)
     rounds = s.lut_refit_rounds if H is not None else 0
-    refit_H = _refit_hessian(H, prep.damping, s.refit_shrinkage, weights.device) if rounds else None
+    weighted = s.refit_weighting == "hessian"
+    refit_H = _refit_hessian(H, prep.damping, s.refit_shrinkage, weights.device) if rounds and weighted else None
     for round_ in range(rounds):
         if round_:  # later rounds: re-assign the codes against the refitted LUT first
             codes = _assign_codes(weights, prep, lut, s)
-        lut, codes = sort_luts(refit_luts(weights, refit_H, codes, lut), codes.view(rows, groups, -1))
+        refitted = refit_luts(weights, refit_H, codes, lut) if weighted else refit_luts_unweighted(weights, codes, lut)
+        lut, codes = sort_luts(refitted, codes.view(rows, groups, -1))
         lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
         lut = lut_store.float()
     del refit_H

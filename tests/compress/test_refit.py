@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from sketchtune_cli.compress.refit import refit_luts, sort_luts
+from sketchtune_cli.compress.refit import refit_luts, refit_luts_unweighted, sort_luts
 from sketchtune_cli.compress.settings import CompressSettings
 from sketchtune_cli.compress.sketcher import dequantize, relative_output_error, sketch_layer
 
@@ -39,6 +39,19 @@ def test_refit_is_the_least_squares_solution(groups):
     W, H, codes, lut = _problem(groups=groups, k=k)
     ours = refit_luts(W, H, codes, lut).double().numpy()
     np.testing.assert_allclose(ours, _reference(W, H, codes, groups, k), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_unweighted_refit_is_the_least_squares_solution_for_identity_H(groups):
+    k = 4
+    W, _, codes, lut = _problem(groups=groups, k=k)
+    codes[0, :] = codes[0, :] % 2  # row 0 uses 2 of its 4 codes per group: the other two keep their values
+    ours = refit_luts_unweighted(W, codes, lut).double().numpy()
+    ref = _reference(W[1:], torch.eye(W.shape[1]), codes[1:], groups, k)
+    np.testing.assert_allclose(ours[1:], ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours[0, :, 2:], lut[0, :, 2:].double().numpy(), rtol=0, atol=0)
+    first_group = slice(0, W.shape[1] // groups)
+    assert ours[0, 0, 0] == pytest.approx(float(W[0, first_group][codes[0, first_group] == 0].mean()), rel=1e-5)
 
 
 def test_refit_lowers_the_objective_and_keeps_unused_codes():

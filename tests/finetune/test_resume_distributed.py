@@ -32,6 +32,17 @@ def _luts(out):
     return load_file(str(out / LUT_ADAPTER))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """In-process runs on one thread, like the subprocesses (run_subprocess sets OMP_NUM_THREADS=1): a
+    resumed run is bit-identical only at the same thread count, since a CPU reduction's float summation
+    order follows the number of threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def straight(tiny_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
