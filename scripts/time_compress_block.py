@@ -1,0 +1,121 @@
+"""Times `sketchtune compress` on real-shaped synthetic decoder blocks (default: Llama-3-8B's, 4096 hidden,
+14336 intermediate, 32 heads / 8 KV heads) through the product's own pipeline (``compress_model``):
+calibration capture, Hessians per true-sequential group, k-means + GPTQ codes + LUT refit for each of
+the 7 linears, and the block's recomputed outputs. Random weights and token ids: the time is real, the
+sketch quality is meaningless. The whole-model estimate multiplies the per-block time by the layer count.
+
+    python scripts/time_compress_block.py                      # on a GPU: the real shape, 128 x 2048 tokens
+    python scripts/time_compress_block.py --hidden 256 --intermediate 512 --heads 4 --kv-heads 2 \\
+        --samples 4 --seq-len 64 --device cpu                  # a smoke run anywhere
+
+Prints a per-layer table and writes JSON (``--out``, default benchmarks/compress_block.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sketchtune_cli.compress.pipeline import compress_model, resolve_device  # noqa: E402
+from sketchtune_cli.compress.settings import CompressSettings  # noqa: E402
+from sketchtune_cli.config import parse_override  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=int, default=4096)
+    p.add_argument("--intermediate", type=int, default=14336)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--blocks", type=int, default=1, help="decoder blocks to time (default 1)")
+    p.add_argument("--model-layers", type=int, default=32, help="layers of the model the estimate is for (Llama-3-8B: 32)")
+    p.add_argument("--samples", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--groups-per-row", type=int, default=4)
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="dtype of the dense block")
+    p.add_argument("--offload-activations", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="other compress settings, e.g. --set lut_refit_rounds=0 (repeatable)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "compress_block.json"))
+    return p.parse_args(argv)
+
+
+def synthetic_model(a) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=1024, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                         num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, num_hidden_layers=a.blocks,
+                         max_position_embeddings=a.seq_len, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).to(getattr(torch, a.dtype)).eval()
+
+
+def settings_from(a) -> CompressSettings:
+    extra = {}
+    for item in a.set:
+        path, value = parse_override(item)
+        extra[path[-1]] = value
+    return CompressSettings(bits=a.bits, groups_per_row=a.groups_per_row, num_samples=a.samples, seq_len=a.seq_len,
+                            offload_activations=a.offload_activations, **extra)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    device = resolve_device(a.device)
+    settings = settings_from(a)
+    model = synthetic_model(a)
+    ids = torch.randint(0, model.config.vocab_size, (a.samples, a.seq_len), generator=torch.Generator().manual_seed(0))
+    layers: list[dict] = []
+    tick = [time.perf_counter()]
+
+    def on_layer(index, total, name, stats):
+        now = time.perf_counter()
+        layers.append({"block": index, "layer": name.split(".", 3)[-1], "sketch_s": stats.get("seconds"),
+                       "since_last_s": now - tick[0], "rel_error": stats.get("rel_error")})
+        tick[0] = now
+        print(f"block {index + 1}/{total} {layers[-1]['layer']}: sketch {stats.get('seconds', 0):.1f}s", file=sys.stderr, flush=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = compress_model(model, ids, settings, device, on_layer=on_layer)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    per_block = seconds / a.blocks
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "shape": {"hidden": a.hidden, "intermediate": a.intermediate, "heads": a.heads, "kv_heads": a.kv_heads},
+        "calibration": {"samples": a.samples, "seq_len": a.seq_len},
+        "settings": settings.model_dump(include={"bits", "groups_per_row", "lut_refit_rounds", "refit_shrinkage",
+                                                  "exponent", "act_order", "block_size", "kmeans_iters"}),
+        "blocks": a.blocks, "seconds": seconds, "seconds_per_block": per_block,
+        f"est_{a.model_layers}_layers_s": per_block * a.model_layers,
+        "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "layers": layers,
+    }
+    print(f"\n| layer | sketch s | rel. error |\n|---|---:|---:|", file=sys.stderr)
+    for row in layers:
+        print(f"| {row['block']}.{row['layer']} | {row['sketch_s']:.1f} | {row['rel_error']:.4g} |", file=sys.stderr)
+    print(f"\n{a.blocks} block(s) in {seconds:.1f}s on {report['device']}; est. {a.model_layers} layers: "
+          f"{per_block * a.model_layers / 60:.1f} min" + (f"; peak memory {report['peak_device_memory_gib']:.1f} GiB"
+                                                          if device.type == "cuda" else ""), file=sys.stderr)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
