@@ -75,25 +75,23 @@ def main(argv=None) -> int:
     model = synthetic_model(a)
     ids = torch.randint(0, model.config.vocab_size, (a.samples, a.seq_len), generator=torch.Generator().manual_seed(0))
     layers: list[dict] = []
-    tick = [time.perf_counter()]
+    cuda = device.type == "cuda"
 
     def on_layer(index, total, name, stats):
-        now = time.perf_counter()
         layers.append({"block": index, "layer": name.split(".", 3)[-1], "sketch_s": stats.get("seconds"),
-                       "since_last_s": now - tick[0], "rel_error": stats.get("rel_error")})
-        tick[0] = now
+                       "rel_error": stats.get("rel_error")})
         print(f"block {index + 1}/{total} {layers[-1]['layer']}: sketch {stats.get('seconds', 0):.1f}s", file=sys.stderr, flush=True)
 
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    result = compress_model(model, ids, settings, device, on_layer=on_layer)
-    if device.type == "cuda":
+    compress_model(model, ids, settings, device, on_layer=on_layer)
+    if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     per_block = seconds / a.blocks
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "torch": torch.__version__,
         "shape": {"hidden": a.hidden, "intermediate": a.intermediate, "heads": a.heads, "kv_heads": a.kv_heads},
         "calibration": {"samples": a.samples, "seq_len": a.seq_len},
@@ -101,7 +99,7 @@ def main(argv=None) -> int:
                                                   "exponent", "act_order", "block_size", "kmeans_iters"}),
         "blocks": a.blocks, "seconds": seconds, "seconds_per_block": per_block,
         f"est_{a.model_layers}_layers_s": per_block * a.model_layers,
-        "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
         "layers": layers,
     }
     print(f"\n| layer | sketch s | rel. error |\n|---|---:|---:|", file=sys.stderr)
@@ -109,7 +107,7 @@ def main(argv=None) -> int:
         print(f"| {row['block']}.{row['layer']} | {row['sketch_s']:.1f} | {row['rel_error']:.4g} |", file=sys.stderr)
     print(f"\n{a.blocks} block(s) in {seconds:.1f}s on {report['device']}; est. {a.model_layers} layers: "
           f"{per_block * a.model_layers / 60:.1f} min" + (f"; peak memory {report['peak_device_memory_gib']:.1f} GiB"
-                                                          if device.type == "cuda" else ""), file=sys.stderr)
+                                                          if cuda else ""), file=sys.stderr)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))

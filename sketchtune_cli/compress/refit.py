@@ -43,8 +43,7 @@ def _refit_rows(w: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut: torc
     R, cols = w.shape
     slots = lut.shape[1] * lut.shape[2]  # G * k LUT values per row
     device = w.device
-    # slot of each weight within its row's LUT: group * k + code
-    slot = (torch.arange(cols, device=device) // (cols // lut.shape[1])) * lut.shape[2] + codes.long()
+    slot = _slots(codes, lut.shape[1], lut.shape[2])
     # A^T for all R rows stacked: [R * slots, cols], row r * slots + slot[r, j] has a 1 in column j
     with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is all we use
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -74,11 +73,17 @@ def refit_luts_unweighted(weights: torch.Tensor, codes: torch.Tensor, lut: torch
     ``refit_weighting: none`` ablation."""
     rows, cols = weights.shape
     groups, k = lut.shape[1], lut.shape[2]
-    slot = (torch.arange(cols, device=weights.device) // (cols // groups)) * k + codes.long()  # [rows, cols]
+    slot = _slots(codes, groups, k)
     total = torch.zeros(rows, groups * k, device=weights.device).scatter_add_(1, slot, weights.float())
     count = torch.zeros(rows, groups * k, device=weights.device).scatter_add_(1, slot, torch.ones(rows, cols, device=weights.device))
     mean = total / count.clamp_min(1)
     return torch.where(count > 0, mean, lut.reshape(rows, -1).float()).view(rows, groups, k)
+
+
+def _slots(codes: torch.Tensor, groups: int, k: int) -> torch.Tensor:
+    """Slot of each weight within its row's LUT, ``group * k + code``: ``[rows, cols]``."""
+    cols = codes.shape[-1]
+    return (torch.arange(cols, device=codes.device) // (cols // groups)) * k + codes.long()
 
 
 def sort_luts(lut: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
