@@ -29,6 +29,7 @@ class KMeansResult:
     centroids: torch.Tensor  # [..., k], ascending
     iterations: int  # most Lloyd iterations any chunk ran
     converged: bool  # every problem reached a fixed point of the assignments
+    objective: torch.Tensor  # [...] float64, final weighted squared error of each problem
     history: list[torch.Tensor] = field(default_factory=list)  # objective [...] after init and each iteration
 
 
@@ -43,6 +44,7 @@ def weighted_kmeans_1d(
     tol: float = 1e-4,
     track_objective: bool = False,
     max_chunk_bytes: int = 512 * 2**20,
+    restarts: int = 1,
 ) -> KMeansResult:
     """Fits ``k`` centroids to each problem along the last dim of ``x [..., n]``.
 
@@ -55,6 +57,10 @@ def weighted_kmeans_1d(
     above scikit-learn's objective in our tests, the greedy start within ~1.1x.
     Empty clusters are re-seeded at the sample with the largest weighted error (one per problem per
     iteration); problems with fewer distinct values than ``k`` end with repeated centroids.
+    ``restarts``: independent k-means++ starts per problem (scikit-learn's ``n_init``); each problem keeps
+    the run with the lowest objective. Lloyd from one start ends in a start-dependent local optimum, so the
+    result (and the sketch built on it) varies with the seed; the best of several starts varies less.
+    Deterministic inits (quantile, a tensor) run once whatever ``restarts`` says.
     Stops when no assignment changes, or (``tol`` > 0, scikit-learn's rule) when every problem's squared
     centroid shift is below ``tol`` times the variance of its values: the tail of Lloyd's iterations moves
     centroids by amounts far below the LUT's bf16 resolution.
@@ -65,20 +71,29 @@ def weighted_kmeans_1d(
     n = x.shape[-1]
     if local_trials is None:
         local_trials = 2 + int(math.log(k))
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    if restarts > 1 and track_objective:
+        raise ValueError("track_objective follows a single run: use restarts=1")
+    if init != "kmeans++":
+        restarts = 1
     weight = torch.ones((), device=x.device) if weight is None else weight.float()
     weight = torch.broadcast_to(weight, x.shape)
     chunk = max(1, max_chunk_bytes // max(1, _BYTES_PER_ELEMENT * n * math.prod(x.shape[1:-1])))
-    outs, hist, its, conv = [], [], 0, True
+    outs, objs, hist, its, conv = [], [], [], 0, True
     for s in range(0, x.shape[0], chunk):
         xc = x[s:s + chunk].reshape(-1, n)
         wc = weight[s:s + chunk].reshape(-1, n)
         ic = init if isinstance(init, str) else init[s:s + chunk].reshape(-1, k).float()
-        c, h, it, ok = _kmeans_flat(xc, wc, k, iters, ic, generator, local_trials, tol, track_objective)
-        outs.append(c.reshape(*x[s:s + chunk].shape[:-1], k))
-        hist.append([o.reshape(x[s:s + chunk].shape[:-1]) for o in h])
+        lead = x[s:s + chunk].shape[:-1]
+        c, obj, h, it, ok = _kmeans_flat(xc, wc, k, iters, ic, generator, local_trials, tol, track_objective,
+                                         restarts)
+        outs.append(c.reshape(*lead, k))
+        objs.append(obj.reshape(lead))
+        hist.append([o.reshape(lead) for o in h])
         its, conv = max(its, it), conv and ok
     history = _merge_histories(hist) if track_objective else []
-    return KMeansResult(torch.cat(outs), its, conv, history)
+    return KMeansResult(torch.cat(outs), its, conv, torch.cat(objs), history)
 
 
 def _merge_histories(hist):
@@ -95,8 +110,9 @@ def objective(x: torch.Tensor, weight: torch.Tensor | None, centroids: torch.Ten
     return (w * d2).sum(-1)
 
 
-def _kmeans_flat(x, w, k, iters, init, gen, local_trials, tol, track):
-    """One chunk: ``x``, ``w`` [B, n] -> (centroids [B, k], objective history, iterations, converged)."""
+def _kmeans_flat(x, w, k, iters, init, gen, local_trials, tol, track, restarts):
+    """One chunk: ``x``, ``w`` [B, n] -> (centroids [B, k], objective [B], objective history, iterations,
+    converged). The sort and prefix sums are shared by all restarts."""
     xs, order = x.sort(dim=1)
     ws = w.gather(1, order)
     del order
@@ -105,17 +121,33 @@ def _kmeans_flat(x, w, k, iters, init, gen, local_trials, tol, track):
     shift = xs[:, xs.shape[1] // 2:xs.shape[1] // 2 + 1].clone()
     xs = xs - shift
     sums = _PrefixSums(xs, ws)
-    if isinstance(init, torch.Tensor):
-        c = init.to(xs.device, torch.float32) - shift
-    elif init == "quantile":
-        c = _quantile_init(xs, k)
-    elif init == "kmeans++":
-        c = _kmeans_pp(sums, k, gen, local_trials)
-    else:
-        raise ValueError(f"unknown k-means init {init!r}: use 'kmeans++', 'quantile' or a tensor")
-    c = c.sort(dim=1).values
+    best = best_obj = history = None
+    its, converged = 0, True
+    for _ in range(restarts):
+        if isinstance(init, torch.Tensor):
+            c = init.to(xs.device, torch.float32) - shift
+        elif init == "quantile":
+            c = _quantile_init(xs, k)
+        elif init == "kmeans++":
+            c = _kmeans_pp(sums, k, gen, local_trials)
+        else:
+            raise ValueError(f"unknown k-means init {init!r}: use 'kmeans++', 'quantile' or a tensor")
+        c, history, it, ok = _lloyd(xs, ws, sums, c.sort(dim=1).values, iters, tol, track)
+        obj = _sorted_objective(xs, ws, c)
+        its, converged = max(its, it), converged and ok
+        if best is None:
+            best, best_obj = c, obj
+        else:  # ties keep the earlier run, so restarts=1 and restarts=r share their first result
+            better = obj < best_obj
+            best = torch.where(better.unsqueeze(1), c, best)
+            best_obj = torch.where(better, obj, best_obj)
+    return best + shift, best_obj, history, its, converged
+
+
+def _lloyd(xs, ws, sums, c, iters, tol, track):
+    """Lloyd's iterations from sorted centroids ``c`` [B, k] (values relative to the shift)."""
     history = [_sorted_objective(xs, ws, c)] if track else []
-    can_reseed = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    can_reseed = torch.ones(xs.shape[0], dtype=torch.bool, device=xs.device)
     shift_tol = tol * xs.var(dim=1) if tol > 0 else torch.full((xs.shape[0],), -1.0, device=xs.device)
     done = torch.zeros(xs.shape[0], dtype=torch.bool, device=xs.device)
     prev_bounds, converged, it = None, False, 0
@@ -135,7 +167,7 @@ def _kmeans_flat(x, w, k, iters, init, gen, local_trials, tol, track):
             converged = True
             break
         prev_bounds = bounds
-    return c + shift, history, it, converged
+    return c, history, it, converged
 
 
 class _PrefixSums:

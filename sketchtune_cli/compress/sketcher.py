@@ -204,7 +204,7 @@ def _fit_luts(weights: torch.Tensor, col_weight: torch.Tensor, s: CompressSettin
     gen = torch.Generator(device=weights.device)
     gen.manual_seed(s.seed)
     res = weighted_kmeans_1d(weights.view(rows, groups, -1), col_weight.view(1, groups, -1), 2 ** s.bits,
-                             iters=s.kmeans_iters, init=s.kmeans_init, generator=gen)
+                             iters=s.kmeans_iters, init=s.kmeans_init, generator=gen, restarts=s.kmeans_restarts)
     return res.centroids.sort(dim=-1).values, res
 
 

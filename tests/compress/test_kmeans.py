@@ -107,3 +107,31 @@ def test_seeded_broadcast_and_chunked():
     torch.testing.assert_close(whole, chunked)
     expanded = weighted_kmeans_1d(x, w.expand_as(x).clone(), 8, init=init).centroids
     torch.testing.assert_close(whole, expanded)
+
+
+def test_restarts_keep_the_best_run_per_problem():
+    """restarts=3 equals, problem by problem, the best of three single runs drawn in turn from the same
+    generator (objectives recomputed directly), and reports that run's objective."""
+    x, w = _skewed_problem(5, batch=40, n=128)
+    x = x * (1 + torch.arange(40).unsqueeze(1) % 3)  # varied scales, so runs differ per problem
+    gen = torch.Generator().manual_seed(11)
+    singles = [weighted_kmeans_1d(x, w, 16, generator=gen).centroids for _ in range(3)]
+    objs = torch.stack([objective(x, w, c) for c in singles])  # [3, batch]
+    pick = objs.argmin(0)
+    expected = torch.stack(singles)[pick, torch.arange(40)]
+    res = weighted_kmeans_1d(x, w, 16, generator=torch.Generator().manual_seed(11), restarts=3)
+    torch.testing.assert_close(res.centroids, expected)
+    torch.testing.assert_close(res.objective, objs.amin(0), rtol=1e-6, atol=1e-15)
+    assert bool((objs[0] > objs.amin(0)).any()), "test data too easy: restarts never helped"
+    first = weighted_kmeans_1d(x, w, 16, generator=torch.Generator().manual_seed(11))
+    torch.testing.assert_close(first.centroids, singles[0])
+
+
+def test_restarts_argument_checks():
+    x, w = _skewed_problem(0, batch=2, n=64)
+    with pytest.raises(ValueError, match="restarts must be >= 1"):
+        weighted_kmeans_1d(x, w, 4, restarts=0)
+    with pytest.raises(ValueError, match="single run"):
+        weighted_kmeans_1d(x, w, 4, restarts=2, track_objective=True)
+    quant = weighted_kmeans_1d(x, w, 4, init="quantile", restarts=5).centroids  # deterministic: runs once
+    torch.testing.assert_close(quant, weighted_kmeans_1d(x, w, 4, init="quantile").centroids)

@@ -1,0 +1,50 @@
+"""scripts/bench_compress.py's seed aggregation and its "hurts beyond the seed spread" rule, on numbers
+worked out by hand."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_compress.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_compress", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(label, seed, ppl, method="sketch one-shot", err=None):
+    return {"label": label, "method": method, "bits_per_weight": 4.375, "seed": seed, "ppl": {"adapters": ppl},
+            "compress_s": 10.0 * (seed or 0) + 10.0, "mean_rel_error": err}
+
+
+def test_summary_means_ranges_and_hurt_rule(bench):
+    rows = [_row("dense", None, 5.0, "dense"), _row("HQQ 4b g64", None, 6.0, "hqq")]
+    rows += [_row("sketch 4b G1", s, p, err=e) for s, p, e in ((0, 5.5, 0.002), (1, 5.6, 0.004), (2, 5.3, 0.003))]
+    rows += [_row("ablation: inside", s, p) for s, p in ((0, 5.55, ), (1, 5.65), (2, 5.7))]
+    rows += [_row("ablation: beyond", 0, 5.61)]
+    summary = {r["label"]: r for r in bench.summarize(rows)}
+    assert list(summary) == ["dense", "HQQ 4b g64", "sketch 4b G1", "ablation: inside", "ablation: beyond"]
+    default = summary["sketch 4b G1"]
+    assert default["seeds"] == [0, 1, 2]
+    assert default["ppl"]["adapters"] == pytest.approx(5.4666667)
+    assert (default["ppl_min"]["adapters"], default["ppl_max"]["adapters"]) == (5.3, 5.6)
+    assert default["mean_rel_error"] == pytest.approx(0.003)
+    assert default["compress_s"] == pytest.approx(20.0)
+    # the mean is worse (5.633 > 5.467) but seed 0 (5.55) is better than the default's worst seed (5.6)
+    assert not bench.hurts_beyond_spread(summary["ablation: inside"], default, "adapters")
+    assert bench.hurts_beyond_spread(summary["ablation: beyond"], default, "adapters")
+
+    meta = {"note": "n", "calibration": {"samples": 1, "seq_len": 8}, "heldout": {}, "threads": 2, "quick": True,
+            "total_s": 60.0, "seeds": [0, 1, 2]}
+    md = bench.markdown(meta, rows, [])
+    line = next(l for l in md.splitlines() if l.startswith("| sketch 4b G1 |"))
+    # excess 0.467 over dense, HQQ's excess 1.0 -> 0.47x; range 5.300-5.600 over 3 seeds
+    assert "| 3 | 5.467 | 5.300-5.600 | +0.467 | 0.47x |" in line
+    assert "+0.167" in next(l for l in md.splitlines() if l.startswith("| ablation: inside |"))
+    assert "beyond the seed spread" in md and ": 1 of 2." in md
