@@ -19,7 +19,7 @@ class CompressSettings(Section):
     block_size: int = Field(128, ge=1, description="GPTQ lazy-update block size")
     kmeans_iters: int = Field(100, ge=1)
     kmeans_init: Literal["kmeans++", "quantile"] = "kmeans++"
-    kmeans_restarts: int = Field(1, ge=1, description="k-means++ starts per (row, group), each keeping its lowest-objective run (scikit-learn's n_init). 8 starts lowered the layer error ~5% on the embedded model but not the held-out perplexity, hence 1")
+    kmeans_restarts: int = Field(1, ge=1, description="k-means++ starts per (row, group), each keeping its lowest-objective run (scikit-learn's n_init). 8 starts lowered the layer error ~5% on the embedded model but not the held-out perplexity (2 seeds), hence 1")
     error_compensation: bool = Field(True, description="GPTQ-style error feedback while assigning codes")
     refit_shrinkage: float = Field(0.5, ge=0, le=1, description="LUT refit objective: H shrunk toward diag(H) by this weight (0 = exact H; the off-diagonal correlations of a small or off-domain calibration set overfit)")
     refit_weighting: Literal["hessian", "none"] = Field("hessian", description="LUT refit objective: the (shrunk) calibration Hessian, or 'none' = plain least squares on the weights (an ablation: no Hessian weighting in the LUT fit)")
