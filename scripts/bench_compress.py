@@ -312,11 +312,16 @@ def parse_args():
     p.add_argument("--only", default=None, help="comma-separated substrings: run only matching grid labels")
     p.add_argument("--out", default=str(REPO / "benchmarks"))
     p.add_argument("--hessian-cache", default=None, help="safetensors file to store/reuse the one-shot Hessians")
+    p.add_argument("--render-only", action="store_true", help="only re-write compress.md from the compress.json in --out")
     return p.parse_args()
 
 
 def main():
     a = parse_args()
+    if a.render_only:
+        saved = json.loads((Path(a.out) / "compress.json").read_text())
+        (Path(a.out) / "compress.md").write_text(markdown(saved["meta"], saved["results"], saved["scaling"]))
+        return
     torch.set_num_threads(a.threads)
     n_calib = a.calib_samples or (16 if a.quick else 128)
     n_eval = a.eval_windows or (2 if a.quick else 16)
@@ -436,6 +441,7 @@ def summarize(rows) -> list[dict]:
             "ppl_min": {k: min(v) for k, v in per_source.items()},
             "ppl_max": {k: max(v) for k, v in per_source.items()},
             "mean_rel_error": sum(errs) / len(errs) if errs else None,
+            "rel_error_min": min(errs, default=None), "rel_error_max": max(errs, default=None),
             "compress_s": sum(r.get("compress_s", 0) for r in runs) / len(runs),
         })
     return summary
@@ -444,6 +450,13 @@ def summarize(rows) -> list[dict]:
 def hurts_beyond_spread(ablation: dict, default: dict, key: str) -> bool:
     """Every seed of the ablation is worse than every seed of the default (ranges do not overlap)."""
     return ablation["ppl_min"][key] > default["ppl_max"][key]
+
+
+def raises_layer_error(ablation: dict, default: dict) -> bool:
+    """Every seed of the ablation has a higher mean relative layer error (the calibration objective) than
+    every seed of the default."""
+    return (ablation["rel_error_min"] is not None and default["rel_error_max"] is not None
+            and ablation["rel_error_min"] > default["rel_error_max"])
 
 
 def markdown(meta, rows, timing) -> str:
@@ -487,7 +500,12 @@ def markdown(meta, rows, timing) -> str:
     if default is not None and ablations:
         hurt = [r for r in ablations if hurts_beyond_spread(r, default, key)]
         lines += [f"Ablations that raise the held-out perplexity beyond the seed spread (every seed of the ablation worse "
-                  f"than every seed of the default, one-shot): {len(hurt)} of {len(ablations)}.", ""]
+                  f"than every seed of the default, one-shot): {len(hurt)} of {len(ablations)}"
+                  + (f" (not: {'; '.join(r['label'] for r in ablations if r not in hurt)})." if len(hurt) < len(ablations) else "."),
+                  ""]
+        raised = [r for r in ablations if raises_layer_error(r, default)]
+        lines += [f"Ablations that raise the mean relative layer error on the calibration data (the objective the sketcher "
+                  f"minimises) beyond the seed spread: {len(raised)} of {len(ablations)}.", ""]
     if timing:
         lines += ["## Pipeline wall time vs calibration size", "",
                   "| samples x tokens | blocks timed | seconds | est. full model (30 blocks) s |", "|---|---|---|---|"]

@@ -26,8 +26,8 @@ def _row(label, seed, ppl, method="sketch one-shot", err=None):
 def test_summary_means_ranges_and_hurt_rule(bench):
     rows = [_row("dense", None, 5.0, "dense"), _row("HQQ 4b g64", None, 6.0, "hqq")]
     rows += [_row("sketch 4b G1", s, p, err=e) for s, p, e in ((0, 5.5, 0.002), (1, 5.6, 0.004), (2, 5.3, 0.003))]
-    rows += [_row("ablation: inside", s, p) for s, p in ((0, 5.55, ), (1, 5.65), (2, 5.7))]
-    rows += [_row("ablation: beyond", 0, 5.61)]
+    rows += [_row("ablation: inside", s, p, err=e) for s, p, e in ((0, 5.55, 0.005), (1, 5.65, 0.006), (2, 5.7, 0.007))]
+    rows += [_row("ablation: beyond", 0, 5.61, err=0.0035)]
     summary = {r["label"]: r for r in bench.summarize(rows)}
     assert list(summary) == ["dense", "HQQ 4b g64", "sketch 4b G1", "ablation: inside", "ablation: beyond"]
     default = summary["sketch 4b G1"]
@@ -39,6 +39,10 @@ def test_summary_means_ranges_and_hurt_rule(bench):
     # the mean is worse (5.633 > 5.467) but seed 0 (5.55) is better than the default's worst seed (5.6)
     assert not bench.hurts_beyond_spread(summary["ablation: inside"], default, "adapters")
     assert bench.hurts_beyond_spread(summary["ablation: beyond"], default, "adapters")
+    # layer error: "inside" (0.005-0.007) is above the default's 0.002-0.004 at every seed, "beyond" (0.0035) not
+    assert (default["rel_error_min"], default["rel_error_max"]) == (0.002, 0.004)
+    assert bench.raises_layer_error(summary["ablation: inside"], default)
+    assert not bench.raises_layer_error(summary["ablation: beyond"], default)
 
     meta = {"note": "n", "calibration": {"samples": 1, "seq_len": 8}, "heldout": {}, "threads": 2, "quick": True,
             "total_s": 60.0, "seeds": [0, 1, 2]}
@@ -47,4 +51,5 @@ def test_summary_means_ranges_and_hurt_rule(bench):
     # excess 0.467 over dense, HQQ's excess 1.0 -> 0.47x; range 5.300-5.600 over 3 seeds
     assert "| 3 | 5.467 | 5.300-5.600 | +0.467 | 0.47x |" in line
     assert "+0.167" in next(l for l in md.splitlines() if l.startswith("| ablation: inside |"))
-    assert "beyond the seed spread" in md and ": 1 of 2." in md
+    assert "beyond the seed spread (every seed" in md and ": 1 of 2 (not: ablation: inside)." in md
+    assert "minimises) beyond the seed spread: 1 of 2." in md
