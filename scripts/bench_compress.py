@@ -312,7 +312,7 @@ def parse_args():
     p.add_argument("--only", default=None, help="comma-separated substrings: run only matching grid labels")
     p.add_argument("--out", default=str(REPO / "benchmarks"))
     p.add_argument("--hessian-cache", default=None, help="safetensors file to store/reuse the one-shot Hessians")
-    p.add_argument("--render-only", action="store_true", help="only re-write compress.md from the compress.json in --out")
+    p.add_argument("--render-only", action="store_true", help="only re-write the summary and compress.md from the compress.json in --out")
     return p.parse_args()
 
 
@@ -320,6 +320,8 @@ def main():
     a = parse_args()
     if a.render_only:
         saved = json.loads((Path(a.out) / "compress.json").read_text())
+        saved["summary"] = summarize(saved["results"])
+        (Path(a.out) / "compress.json").write_text(json.dumps(saved, indent=1))
         (Path(a.out) / "compress.md").write_text(markdown(saved["meta"], saved["results"], saved["scaling"]))
         return
     torch.set_num_threads(a.threads)
