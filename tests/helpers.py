@@ -78,3 +78,14 @@ def naive_weight(lut, codes):
         for j in range(groups * n):
             w[i, j] = lut[i, j // n, int(codes[i, j // n, j % n])]
     return w
+
+
+def load_script(name: str):
+    """Imports ``scripts/<name>.py`` (not a package) as a module, for testing its functions."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

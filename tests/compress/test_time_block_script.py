@@ -1,21 +1,14 @@
 """scripts/time_compress_block.py (the GPU timing of a real-shaped block) runs end to end on a small shape."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "time_compress_block.py"
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("time_compress_block", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("time_compress_block")
 
 
 def test_small_block_timing_report(script, tmp_path, capsys):
