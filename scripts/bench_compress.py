@@ -320,9 +320,7 @@ def main():
     a = parse_args()
     if a.render_only:
         saved = json.loads((Path(a.out) / "compress.json").read_text())
-        saved["summary"] = summarize(saved["results"])
-        (Path(a.out) / "compress.json").write_text(json.dumps(saved, indent=1))
-        (Path(a.out) / "compress.md").write_text(markdown(saved["meta"], saved["results"], saved["scaling"]))
+        write_report(Path(a.out), saved["meta"], saved["results"], saved["scaling"])
         return
     torch.set_num_threads(a.threads)
     n_calib = a.calib_samples or (16 if a.quick else 128)
@@ -384,15 +382,20 @@ def main():
     else:
         timing = []
 
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"model": "smollm2-135m", "note": Q4_1_NOTE, "threads": a.threads, "seeds": seeds, "calibration": {"source": "builtin (pydoc_data.topics)",
             "samples": n_calib, "seq_len": a.seq_len}, "heldout": {k: list(v.shape) for k, v in sets.items()},
             "quick": a.quick, "total_s": time.perf_counter() - t_start, "torch": torch.__version__}
-    (out / "compress.json").write_text(json.dumps({"meta": meta, "results": rows, "summary": summarize(rows),
+    write_report(Path(a.out), meta, rows, timing)
+    log(f"wrote {a.out}/compress.json and compress.md in {meta['total_s']:.0f}s")
+
+
+def write_report(out: Path, meta: dict, rows: list[dict], timing: list[dict]) -> None:
+    """compress.json (per-run rows plus their per-configuration summary) and compress.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    (out / "compress.json").write_text(json.dumps({"meta": meta, "results": rows, "summary": summary,
                                                    "scaling": timing}, indent=1))
-    (out / "compress.md").write_text(markdown(meta, rows, timing))
-    log(f"wrote {out / 'compress.json'} and {out / 'compress.md'} in {meta['total_s']:.0f}s")
+    (out / "compress.md").write_text(markdown(meta, summary, timing))
 
 
 def _sketch_no_h(targets, dense, s):
@@ -461,8 +464,7 @@ def raises_layer_error(ablation: dict, default: dict) -> bool:
             and ablation["rel_error_min"] > default["rel_error_max"])
 
 
-def markdown(meta, rows, timing) -> str:
-    summary = summarize(rows)
+def markdown(meta, summary, timing) -> str:
     dense = next(r for r in summary if r["method"] == "dense")["ppl"]
     key = "adapters" if "adapters" in dense else "all"
     cols = [k for k in ("math", "commonsense", "docstrings") if k in dense]

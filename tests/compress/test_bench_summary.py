@@ -39,7 +39,7 @@ def test_summary_means_ranges_and_hurt_rule(bench):
 
     meta = {"note": "n", "calibration": {"samples": 1, "seq_len": 8}, "heldout": {}, "threads": 2, "quick": True,
             "total_s": 60.0, "seeds": [0, 1, 2]}
-    md = bench.markdown(meta, rows, [])
+    md = bench.markdown(meta, bench.summarize(rows), [])
     line = next(l for l in md.splitlines() if l.startswith("| sketch 4b G1 |"))
     # excess 0.467 over dense, HQQ's excess 1.0 -> 0.47x; range 5.300-5.600 over 3 seeds
     assert "| 3 | 5.467 | 5.300-5.600 | +0.467 | 0.47x |" in line
