@@ -6,8 +6,7 @@
 Compares dense, sketches (4-bit G=1 / G=4, 3-bit G=1), RTN and HQQ at group 64, and ablations of the
 sketch (no Hessian weighting in the LUT fit, no error compensation, act-order off, no LUT refit);
 ``--variants`` adds alternatives to the defaults. The headline sketch, the pipeline and the ablations closest
-to it run at ``--seeds`` seeds (k-means++ starts): the seed alone moved the one-shot perplexity by 0.15
-(5.50 / 5.56 / 5.65 at seeds 0 / 1 / 2), more than some ablations. Writes benchmarks/compress.json and benchmarks/compress.md.
+to it run at ``--seeds`` seeds (k-means++ starts). Writes benchmarks/compress.json and benchmarks/compress.md.
 ``--hessian-cache FILE`` saves the one-shot capture.
 
 The embedded model's linear weights were Q4_1 already (blocks of 32 columns, scale + min): RTN or HQQ at
@@ -21,9 +20,13 @@ Two ways to get the sketches:
   sequential run costs ~3.5 model forwards over the calibration set, too slow for a 10-config grid on 2 CPU
   cores); ablation deltas are compared within this mode only.
 
-Held-out text is never used for calibration (calibration: CPython's pydoc_data.topics): LLM-Adapters test
-prompts + answers (math: gsm8k; commonsense: boolq, piqa, ARC, openbookqa) when ../shared/data is present,
-and always CPython standard-library docstrings (a builtin source disjoint from pydoc_data.topics).
+Calibration (``--calib``, default "auto"): the LLM-Adapters math training records (train/math_data.json,
+rendered with the fine-tuning prompt template, as a user calibrates on data shaped like their training data)
+when ../shared/data is present, else CPython's pydoc_data.topics ("builtin"). Held-out text is never used for
+calibration: LLM-Adapters *test* prompts + answers (math: gsm8k; commonsense: boolq, piqa, ARC, openbookqa)
+when the data is present, and always CPython standard-library docstrings (disjoint from pydoc_data.topics).
+With builtin (off-domain) calibration the k-means seed alone moved the one-shot perplexity by 0.15, more
+than two ablations (benchmarks/compress-builtin-calib.md); calibrated on math records, by ~0.01.
 """
 from __future__ import annotations
 
@@ -76,6 +79,19 @@ def data_dir() -> Path | None:
         if (c / "gsm8k" / "test.json").is_file():
             return c
     return None
+
+
+def calibration_source(choice: str) -> tuple[str, str]:
+    """``--calib`` -> (source for load_calibration, description). "auto": the LLM-Adapters math training
+    records when the data is present (disjoint from the held-out test splits), else the builtin text."""
+    if choice != "auto":
+        return choice, choice
+    root = data_dir()
+    train = root / "train" / "math_data.json" if root is not None else None
+    if train is not None and train.is_file():
+        return str(train), "LLM-Adapters math training records (train/math_data.json)"
+    log("LLM-Adapters training data not found: calibrating on the builtin text (pydoc_data.topics)")
+    return "builtin", "builtin (pydoc_data.topics)"
 
 
 def adapter_texts(root: Path, names: list[str], seed: int) -> list[str]:
@@ -300,6 +316,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small calibration/eval, few configurations")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--calib", default="auto", help="calibration source: auto (LLM-Adapters math training records "
+                   "if present, else builtin), builtin, or a file/dataset as for `sketchtune compress --calib`")
     p.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 128; quick 16)")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=None, help="held-out windows per source (default 16; quick 2)")
@@ -333,7 +351,8 @@ def main():
     targets = find_target_linears(model)
     dense = {n: m.weight.detach().clone() for n, m in targets.items()}
     sets = heldout_sets(tok, n_eval, a.seq_len, seed=0)
-    calib = load_calibration("builtin", tok, n_calib, a.seq_len, seed=0).input_ids
+    calib_source, calib_desc = calibration_source(a.calib)
+    calib = load_calibration(calib_source, tok, n_calib, a.seq_len, seed=0).input_ids
     log(f"held-out windows: { {k: tuple(v.shape) for k, v in sets.items()} }; calibration {tuple(calib.shape)}")
     rows = []
 
@@ -354,7 +373,7 @@ def main():
                 lin.weight.data.copy_(fn(dense[n], bits, 64))
             record(f"{name} {bits}b g64", name.lower(), quantizer_bits(bits, 64), {"compress_s": time.perf_counter() - t})
 
-    base = dict(calib="builtin", num_samples=n_calib, seq_len=a.seq_len, lut_dtype="bfloat16")
+    base = dict(calib=calib_source, num_samples=n_calib, seq_len=a.seq_len, lut_dtype="bfloat16")
     grid = [g for g in SKETCH_GRID + (VARIANT_GRID if a.variants else []) if (not a.quick or g[0] in QUICK_GRID)]
     if a.only:
         grid = [g for g in grid if any(s in g[0] for s in a.only.split(","))]
@@ -382,7 +401,7 @@ def main():
     else:
         timing = []
 
-    meta = {"model": "smollm2-135m", "note": Q4_1_NOTE, "threads": a.threads, "seeds": seeds, "calibration": {"source": "builtin (pydoc_data.topics)",
+    meta = {"model": "smollm2-135m", "note": Q4_1_NOTE, "threads": a.threads, "seeds": seeds, "calibration": {"source": calib_desc,
             "samples": n_calib, "seq_len": a.seq_len}, "heldout": {k: list(v.shape) for k, v in sets.items()},
             "quick": a.quick, "total_s": time.perf_counter() - t_start, "torch": torch.__version__}
     write_report(Path(a.out), meta, rows, timing)
@@ -419,7 +438,7 @@ def scaling_runs(model, tok, base, sizes, n_blocks, seq_len) -> list[dict]:
     del blocks[n_blocks:]
     small.config.num_hidden_layers = n_blocks
     for n in sizes:
-        calib = load_calibration("builtin", tok, n, seq_len, seed=0).input_ids
+        calib = load_calibration(base["calib"], tok, n, seq_len, seed=0).input_ids
         t = time.perf_counter()
         sketch_pipeline(small, calib, CompressSettings(**base, bits=4, groups_per_row=1))
         sec = time.perf_counter() - t
@@ -475,7 +494,7 @@ def markdown(meta, summary, timing) -> str:
         "",
         f"Note: the {meta['note']}.",
         "",
-        f"Calibration: {meta['calibration']['samples']} x {meta['calibration']['seq_len']} tokens of pydoc_data.topics. "
+        f"Calibration: {meta['calibration']['samples']} x {meta['calibration']['seq_len']} tokens of {meta['calibration']['source']}. "
         f"Held-out windows (never calibrated on): {meta['heldout']}. Headline perplexity = `{key}`"
         + (" (math + commonsense pooled)." if key == "adapters" else "."),
         f"Threads: {meta['threads']}. Quick mode: {meta['quick']}. Total run time: {meta['total_s'] / 60:.0f} min. "

@@ -37,7 +37,7 @@ def test_summary_means_ranges_and_hurt_rule(bench):
     assert bench.raises_layer_error(summary["ablation: inside"], default)
     assert not bench.raises_layer_error(summary["ablation: beyond"], default)
 
-    meta = {"note": "n", "calibration": {"samples": 1, "seq_len": 8}, "heldout": {}, "threads": 2, "quick": True,
+    meta = {"note": "n", "calibration": {"source": "cal.json", "samples": 1, "seq_len": 8}, "heldout": {}, "threads": 2, "quick": True,
             "total_s": 60.0, "seeds": [0, 1, 2]}
     md = bench.markdown(meta, bench.summarize(rows), [])
     line = next(l for l in md.splitlines() if l.startswith("| sketch 4b G1 |"))
@@ -46,3 +46,4 @@ def test_summary_means_ranges_and_hurt_rule(bench):
     assert "+0.167" in next(l for l in md.splitlines() if l.startswith("| ablation: inside |"))
     assert "beyond the seed spread (every seed" in md and ": 1 of 2 (not: ablation: inside)." in md
     assert "minimises) beyond the seed spread: 1 of 2." in md
+    assert "Calibration: 1 x 8 tokens of cal.json." in md
