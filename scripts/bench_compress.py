@@ -464,6 +464,7 @@ def summarize(rows) -> list[dict]:
             "ppl": {k: sum(v) / len(v) for k, v in per_source.items()},
             "ppl_min": {k: min(v) for k, v in per_source.items()},
             "ppl_max": {k: max(v) for k, v in per_source.items()},
+            "ppl_by_seed": {str(r["seed"]): r["ppl"] for r in runs},
             "mean_rel_error": sum(errs) / len(errs) if errs else None,
             "rel_error_min": min(errs, default=None), "rel_error_max": max(errs, default=None),
             "compress_s": sum(r.get("compress_s", 0) for r in runs) / len(runs),
@@ -474,6 +475,15 @@ def summarize(rows) -> list[dict]:
 def hurts_beyond_spread(ablation: dict, default: dict, key: str) -> bool:
     """Every seed of the ablation is worse than every seed of the default (ranges do not overlap)."""
     return ablation["ppl_min"][key] > default["ppl_max"][key]
+
+
+def hurts_at_every_seed(ablation: dict, default: dict, key: str) -> bool | None:
+    """Paired rule: the ablation is worse than the default at each seed both ran (same k-means++ start, so
+    the seed's own effect cancels). None when they share fewer than 2 seeds (no paired evidence)."""
+    shared = ablation["ppl_by_seed"].keys() & default["ppl_by_seed"].keys()
+    if len(shared) < 2:
+        return None
+    return all(ablation["ppl_by_seed"][s][key] > default["ppl_by_seed"][s][key] for s in shared)
 
 
 def raises_layer_error(ablation: dict, default: dict) -> bool:
@@ -526,6 +536,13 @@ def markdown(meta, summary, timing) -> str:
                   f"than every seed of the default, one-shot): {len(hurt)} of {len(ablations)}"
                   + (f" (not: {'; '.join(r['label'] for r in ablations if r not in hurt)})." if len(hurt) < len(ablations) else "."),
                   ""]
+        paired = {r["label"]: hurts_at_every_seed(r, default, key) for r in ablations}
+        tested = [label for label, v in paired.items() if v is not None]
+        if tested:
+            worse = [label for label in tested if paired[label]]
+            lines += [f"Seeded ablations worse than the default at every seed both ran (paired: same k-means++ start): "
+                      f"{len(worse)} of {len(tested)}"
+                      + (f" (not: {'; '.join(l for l in tested if l not in worse)})." if len(worse) < len(tested) else "."), ""]
         raised = [r for r in ablations if raises_layer_error(r, default)]
         lines += [f"Ablations that raise the mean relative layer error on the calibration data (the objective the sketcher "
                   f"minimises) beyond the seed spread: {len(raised)} of {len(ablations)}.", ""]

@@ -1,4 +1,4 @@
-"""scripts/bench_compress.py's seed aggregation and its "hurts beyond the seed spread" rule, on numbers
+"""scripts/bench_compress.py's seed aggregation and its "hurts" rules (beyond the seed spread, paired), on numbers
 worked out by hand."""
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def test_summary_means_ranges_and_hurt_rule(bench):
     # the mean is worse (5.633 > 5.467) but seed 0 (5.55) is better than the default's worst seed (5.6)
     assert not bench.hurts_beyond_spread(summary["ablation: inside"], default, "adapters")
     assert bench.hurts_beyond_spread(summary["ablation: beyond"], default, "adapters")
+    # paired: "inside" is worse at every seed (5.55 > 5.5, 5.65 > 5.6, 5.7 > 5.3); "beyond" has one seed only
+    assert bench.hurts_at_every_seed(summary["ablation: inside"], default, "adapters") is True
+    assert bench.hurts_at_every_seed(summary["ablation: beyond"], default, "adapters") is None
+    mixed = bench.summarize([_row("ablation: mixed", s, p) for s, p in ((0, 5.6), (1, 5.5))])[0]
+    assert bench.hurts_at_every_seed(mixed, default, "adapters") is False
     # layer error: "inside" (0.005-0.007) is above the default's 0.002-0.004 at every seed, "beyond" (0.0035) not
     assert (default["rel_error_min"], default["rel_error_max"]) == (0.002, 0.004)
     assert bench.raises_layer_error(summary["ablation: inside"], default)
@@ -47,3 +52,4 @@ def test_summary_means_ranges_and_hurt_rule(bench):
     assert "beyond the seed spread (every seed" in md and ": 1 of 2 (not: ablation: inside)." in md
     assert "minimises) beyond the seed spread: 1 of 2." in md
     assert "Calibration: 1 x 8 tokens of cal.json." in md
+    assert "worse than the default at every seed both ran (paired: same k-means++ start): 1 of 1." in md
