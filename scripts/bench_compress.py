@@ -26,7 +26,8 @@ when ../shared/data is present, else CPython's pydoc_data.topics ("builtin"). He
 calibration: LLM-Adapters *test* prompts + answers (math: gsm8k; commonsense: boolq, piqa, ARC, openbookqa)
 when the data is present, and always CPython standard-library docstrings (disjoint from pydoc_data.topics).
 With builtin (off-domain) calibration the k-means seed alone moved the one-shot perplexity by 0.15, more
-than two ablations (benchmarks/compress-builtin-calib.md); calibrated on math records, by ~0.01.
+than two ablations (benchmarks/compress-builtin-calib.md); calibrated on math records, by 0.09, less than
+error compensation's 0.13 (benchmarks/compress.md).
 """
 from __future__ import annotations
 
