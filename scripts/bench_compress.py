@@ -494,6 +494,13 @@ def raises_layer_error(ablation: dict, default: dict) -> bool:
             and ablation["rel_error_min"] > default["rel_error_max"])
 
 
+def _verdict(rule: str, passed: dict[str, bool]) -> str:
+    """"<rule>: N of M (not: the labels that failed)." for a {label: passed} map."""
+    failed = [label for label, ok in passed.items() if not ok]
+    return (f"{rule}: {len(passed) - len(failed)} of {len(passed)}"
+            + (f" (not: {'; '.join(failed)})." if failed else "."))
+
+
 def markdown(meta, summary, timing) -> str:
     dense = next(r for r in summary if r["method"] == "dense")["ppl"]
     key = "adapters" if "adapters" in dense else "all"
@@ -532,18 +539,14 @@ def markdown(meta, summary, timing) -> str:
     lines += ["", "All RTN/HQQ figures: group 64, because the " + meta["note"] + ".", ""]
     ablations = [r for r in summary if r["label"].startswith("ablation")]
     if default is not None and ablations:
-        hurt = [r for r in ablations if hurts_beyond_spread(r, default, key)]
-        lines += [f"Ablations that raise the held-out perplexity beyond the seed spread (every seed of the ablation worse "
-                  f"than every seed of the default, one-shot): {len(hurt)} of {len(ablations)}"
-                  + (f" (not: {'; '.join(r['label'] for r in ablations if r not in hurt)})." if len(hurt) < len(ablations) else "."),
-                  ""]
+        spread = {r["label"]: hurts_beyond_spread(r, default, key) for r in ablations}
+        lines += [_verdict("Ablations that raise the held-out perplexity beyond the seed spread (every seed of the ablation "
+                           "worse than every seed of the default, one-shot)", spread), ""]
         paired = {r["label"]: hurts_at_every_seed(r, default, key) for r in ablations}
-        tested = [label for label, v in paired.items() if v is not None]
-        if tested:
-            worse = [label for label in tested if paired[label]]
-            lines += [f"Seeded ablations worse than the default at every seed both ran (paired: same k-means++ start): "
-                      f"{len(worse)} of {len(tested)}"
-                      + (f" (not: {'; '.join(l for l in tested if l not in worse)})." if len(worse) < len(tested) else "."), ""]
+        paired = {label: v for label, v in paired.items() if v is not None}
+        if paired:
+            lines += [_verdict("Seeded ablations worse than the default at every seed both ran (paired: same k-means++ "
+                               "start)", paired), ""]
         raised = [r for r in ablations if raises_layer_error(r, default)]
         lines += [f"Ablations that raise the mean relative layer error on the calibration data (the objective the sketcher "
                   f"minimises) beyond the seed spread: {len(raised)} of {len(ablations)}.", ""]
