@@ -53,3 +53,20 @@ def test_summary_means_ranges_and_hurt_rule(bench):
     assert "minimises) beyond the seed spread: 1 of 2." in md
     assert "Calibration: 1 x 8 tokens of cal.json." in md
     assert "worse than the default at every seed both ran (paired: same k-means++ start): 1 of 1." in md
+
+
+def test_3bit_ablation_is_compared_with_the_3bit_default(bench):
+    rows = [_row("dense", None, 5.0, "dense"), _row("HQQ 4b g64", None, 6.0, "hqq")]
+    rows += [_row("sketch 4b G1", s, p) for s, p in ((0, 5.5), (1, 5.6))]
+    rows += [_row("sketch 3b G1", s, p) for s, p in ((0, 6.5), (1, 6.7))]
+    # worse than the 3-bit default at both seeds (6.6 > 6.5, 6.8 > 6.7), though far above the 4-bit one too
+    rows += [_row("ablation (3-bit): act-order off", s, p) for s, p in ((0, 6.6), (1, 6.8))]
+    assert bench.default_label_for("ablation (3-bit): act-order off") == "sketch 3b G1"
+    assert bench.default_label_for("ablation: act-order off") == "sketch 4b G1"
+    meta = {"note": "n", "calibration": {"source": "c", "samples": 1, "seq_len": 8}, "heldout": {}, "threads": 2, "quick": True,
+            "total_s": 60.0, "seeds": [0, 1]}
+    md = bench.markdown(meta, bench.summarize(rows), [])
+    # mean 6.7 vs the 3-bit default's 6.6: +0.100 (against the 4-bit default it would be +1.150)
+    assert "| +0.100 |" in next(l for l in md.splitlines() if l.startswith("| ablation (3-bit): act-order off |"))
+    assert "paired: same k-means++ start): 1 of 1." in md
+    assert "every seed of the ablation worse than every seed of the default, one-shot): 0 of 1" in md
