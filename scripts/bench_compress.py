@@ -4,9 +4,10 @@
     python scripts/bench_compress.py --quick    # smoke run (a few minutes)
 
 Compares dense, sketches (4-bit G=1 / G=4, 3-bit G=1), RTN and HQQ at group 64, and ablations of the
-sketch (no Hessian weighting in the LUT fit, no error compensation, act-order off, no LUT refit);
-``--variants`` adds alternatives to the defaults. The headline sketch, the pipeline and the ablations closest
-to it run at ``--seeds`` seeds (k-means++ starts). Writes benchmarks/compress.json and benchmarks/compress.md.
+sketch (no Hessian weighting in the LUT fit, no error compensation, act-order off, no LUT refit; act-order
+off also at 3 bits, against the 3-bit default); ``--variants`` adds alternatives to the defaults. The G=1
+sketches, the pipeline and the ablations closest to them run at ``--seeds`` seeds (k-means++ starts).
+Writes benchmarks/compress.json and benchmarks/compress.md.
 ``--hessian-cache FILE`` saves the one-shot capture.
 
 The embedded model's linear weights were Q4_1 already (blocks of 32 columns, scale + min): RTN or HQQ at
