@@ -289,7 +289,7 @@ def restore(targets, dense):
 
 
 # ------------------------------------------------------------------------------------------ main
-SKETCH_GRID = [  # (label, overrides, seeded); all one-shot, ablations relative to ``default_label_for`` theirs
+SKETCH_GRID = [  # (label, overrides, seeded); all one-shot; each ablation vs its default (``default_label_for``)
     # seeded rows run at every --seeds seed (k-means++ starts differ); an ablation "hurts" only if all its
     # seeds are worse than all of the default's. The unweighted-refit and no-refit ablations moved the
     # perplexity by +18 and +0.4 in earlier runs, >5x the seed range, so they run at seed 0 only.
