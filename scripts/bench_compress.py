@@ -550,8 +550,8 @@ def markdown(meta, summary, timing) -> str:
     ablations = [(r, by_label[default_label_for(r["label"])]) for r in summary
                  if r["label"].startswith("ablation") and default_label_for(r["label"]) in by_label]
     if ablations:
-        lines += ["Each ablation is compared with the default settings at its bit width (`ablation (3-bit)`: sketch 3b G1; "
-                  "the others: sketch 4b G1).", ""]
+        refs = sorted({default["label"] for _, default in ablations})
+        lines += [f"Each ablation is compared with the default settings at its bit width ({', '.join(refs)}).", ""]
         spread = {r["label"]: hurts_beyond_spread(r, default, key) for r, default in ablations}
         lines += [_verdict("Ablations that raise the held-out perplexity beyond the seed spread (every seed of the ablation "
                            "worse than every seed of the default, one-shot)", spread), ""]
