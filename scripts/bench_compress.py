@@ -308,7 +308,7 @@ SKETCH_GRID = [  # (label, overrides, seeded); all one-shot; each ablation vs it
                                                            error_compensation=False, act_order=False, _no_h=True), False),
 ]
 VARIANT_GRID = [  # --variants: alternatives to the defaults, seed 0 (earlier runs: README, Benchmarks)
-    ("variant: Hessian-weighted k-means d^-4 (METHOD.md's p = 4)", dict(bits=4, groups_per_row=1, exponent=4.0), False),
+    ("variant: Hessian-weighted k-means d^-4 (LeanQuant's p = 4)", dict(bits=4, groups_per_row=1, exponent=4.0), False),
     ("variant: LUT refit on the exact H (no shrinkage)", dict(bits=4, groups_per_row=1, refit_shrinkage=0.0), False),
     ("variant: best of 8 k-means++ starts", dict(bits=4, groups_per_row=1, kmeans_restarts=8), False),
     ("previous default: p = 4 k-means, no LUT refit", dict(bits=4, groups_per_row=1, exponent=4.0, lut_refit_rounds=0), False),

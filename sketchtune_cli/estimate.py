@@ -1,6 +1,6 @@
 """Sizes of a sketch computed from a model's config alone (meta device: no weights, no memory).
 
-Counting follows METHOD.md §1: trainable = sum over sketched layers of rows * G * 2^bits; base bytes =
+Counting follows docs/method.md §1: trainable = sum over sketched layers of rows * G * 2^bits; base bytes =
 packed codes + LUTs in bf16 + every other tensor (embeddings, lm_head, norms) in bf16."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one prompt template (METHOD.md §3): alpaca style, as the SketchTune authors and LLM-Adapters use it.
+"""The one prompt template (docs/method.md §3): alpaca style, as the SketchTune authors and LLM-Adapters use it.
 
 Compress (calibration on instruction data), finetune and eval all import ``render_alpaca`` from here, so
 training, calibration and evaluation prompts can never drift apart.

@@ -143,7 +143,7 @@ def pre_hooks(modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], N
 def sequential_groups(block: nn.Module, linears: dict[str, nn.Module], x: torch.Tensor, kwargs: dict, device) -> list[list[str]]:
     """The block's "true sequential" sub-groups: linears that read the very same input tensor form a
     group, in the order the forward reaches them. For Llama, Mistral and Qwen2 this is [q,k,v], [o],
-    [gate,up], [down] (METHOD.md §2) without a name table, and any other architecture gets one group
+    [gate,up], [down] (docs/method.md §2) without a name table, and any other architecture gets one group
     per distinct input."""
     groups: dict[int, list[str]] = {}
     alive: list[torch.Tensor] = []  # holding every input keeps its id() from being reused by a later one

@@ -1,4 +1,4 @@
-"""Layer-input Hessians ``H = (2/N) sum_t x_t^T x_t`` for the sketcher (METHOD.md §2 step 1).
+"""Layer-input Hessians ``H = (2/N) sum_t x_t^T x_t`` for the sketcher (docs/method.md §2 step 1).
 
 N counts input ROWS (tokens), not sequences: with a fixed sequence length the two differ by a constant
 factor, which nothing downstream depends on (damping is relative to mean(diag H), the k-means weights are

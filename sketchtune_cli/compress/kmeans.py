@@ -1,4 +1,4 @@
-"""Batched weighted 1-D k-means (Lloyd) for fitting LUTs (METHOD.md §2 step 5).
+"""Batched weighted 1-D k-means (Lloyd) for fitting LUTs (docs/method.md §2 step 5).
 
 Every (row, group) of a layer is an independent 1-D problem; all of them are solved at once as tensors.
 In one dimension Lloyd's assignment step is "which interval between the midpoints of the sorted

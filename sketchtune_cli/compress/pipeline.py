@@ -1,4 +1,4 @@
-"""The compress pipeline (METHOD.md §2): decoder blocks one after another, each calibrated on the outputs
+"""The compress pipeline (docs/method.md §2): decoder blocks one after another, each calibrated on the outputs
 of the already-sketched blocks before it, and inside a block the "true sequential" sub-groups
 ([q,k,v], [o], [gate,up], [down]), each calibrated on the outputs of the sketched sub-groups before it.
 

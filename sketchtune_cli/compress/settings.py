@@ -1,4 +1,4 @@
-"""`compress:` section of the YAML config (METHOD.md §2). Marked (inferred) defaults are not in the paper."""
+"""`compress:` section of the YAML config (docs/method.md §2). Marked (inferred) defaults are not in the paper."""
 from typing import Literal, Optional
 
 from pydantic import Field
@@ -14,7 +14,7 @@ class CompressSettings(Section):
     seq_len: int = Field(2048, ge=8, description="tokens per calibration sequence")
     seed: int = 0
     percdamp: float = Field(0.1, ge=0, description="Hessian damping as a fraction of mean(diag(H)) (inferred)")
-    exponent: float = Field(0.0, ge=0, description="k-means sample weight d_j^-p (LeanQuant's p). 0: unweighted, the best start for the LUT refit on held-out text; METHOD.md's p = 4 is for k-means LUTs alone (lut_refit_rounds 0)")
+    exponent: float = Field(0.0, ge=0, description="k-means sample weight d_j^-p (LeanQuant's p). 0: unweighted, the best start for the LUT refit on held-out text; LeanQuant's p = 4 (docs/method.md §2) is for k-means LUTs alone (lut_refit_rounds 0)")
     act_order: bool = Field(True, description="code columns in descending diag(H) order (inferred)")
     block_size: int = Field(128, ge=1, description="GPTQ lazy-update block size")
     kmeans_iters: int = Field(100, ge=1)

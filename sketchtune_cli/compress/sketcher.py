@@ -1,11 +1,11 @@
-"""Sketching one linear layer (METHOD.md §2 steps 1-6): LUTs by k-means (sample weights ``d_j^-p``), codes
-by a GPTQ-style column loop with error compensation; then (our addition, not in METHOD.md)
+"""Sketching one linear layer (docs/method.md §2 steps 1-6): LUTs by k-means (sample weights ``d_j^-p``), codes
+by a GPTQ-style column loop with error compensation; then (our addition, not in the paper; docs/method.md §2 step 7)
 ``lut_refit_rounds`` rounds of a least-squares LUT refit for the fixed codes (:mod:`.refit`), each later
 round re-assigning the codes against the refitted LUT first. The refit's objective uses H shrunk toward its
 diagonal (``refit_shrinkage``): on the exact H it lowered the calibration-set error but raised held-out
-perplexity at G=4 and 3 bits (README, Benchmarks), a sign of fitting the calibration text's correlations.
+perplexity at G=4 and 3 bits (benchmarks/README.md), a sign of fitting the calibration text's correlations.
 With the refit carrying the Hessian weighting, unweighted k-means (p = 0, the default) measured the better
-start at 4 bits (our reading: METHOD.md's p = 4 piles the centroids onto a few high-energy columns, a start
+start at 4 bits (our reading: LeanQuant's p = 4 piles the centroids onto a few high-energy columns, a start
 the alternating refit does not fully recover from).
 
 Everything runs on ``W``'s device in float32. The caller (the layer pipeline) collects ``H`` with

@@ -1,4 +1,4 @@
-"""Answer extraction for the paper's protocol (METHOD.md §4), as plain functions.
+"""Answer extraction for the paper's protocol (docs/method.md §4), as plain functions.
 
 These mirror the LLM-Adapters / SketchTune evaluation scripts, so scores are comparable with the paper:
 math takes the LAST number of the output after removing thousands separators and counts it correct within

@@ -2,7 +2,7 @@
 
 Sources: LLM-Adapters / alpaca records (``instruction``, optional ``input``, ``output``) from a JSON array
 or JSONL file, a Hugging Face dataset by name, or ``demo`` (generated arithmetic problems). Rendering uses
-the one alpaca template of :mod:`sketchtune_cli.prompts` (METHOD.md §3) or the tokenizer's chat template.
+the one alpaca template of :mod:`sketchtune_cli.prompts` (docs/method.md §3) or the tokenizer's chat template.
 The loss covers the response and the appended EOS; the prompt and padding carry label -100.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`data:` and `train:` sections (METHOD.md §3: the authors' recipe as defaults)."""
+"""`data:` and `train:` sections (docs/method.md §3: the authors' recipe as defaults)."""
 from typing import Literal, Optional
 
 from pydantic import Field

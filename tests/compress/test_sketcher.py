@@ -1,4 +1,4 @@
-"""sketch_layer (METHOD.md §2 steps 1-6) against independent, unblocked float64 references."""
+"""sketch_layer (docs/method.md §2 steps 1-6) against independent, unblocked float64 references."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Answer extraction on tricky outputs (the paper's rules, METHOD.md §4)."""
+"""Answer extraction on tricky outputs (the paper's rules, docs/method.md §4)."""
 import pytest
 
 from sketchtune_cli.evaluate import answers
