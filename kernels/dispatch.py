@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .reference import dequant_ref, lut_grad_from_io_ref, lut_grad_ref, lut_matmul_ref
+from .reference import (dequant_indexed_ref, dequant_ref, flat_index_ref, lut_grad_from_io_indexed_ref,
+                        lut_grad_from_io_ref, lut_grad_ref, lut_matmul_ref)
 
 
 def triton_available() -> bool:
@@ -68,3 +69,25 @@ def lut_matmul(x, lut, codes, bits: int, in_features: int, *, backend: str | Non
         from .triton_matmul import lut_matmul_triton
         return lut_matmul_triton(x, lut, codes, bits, in_features, out=out)
     return _into(out, lut_matmul_ref(x, lut, codes, bits, in_features))
+
+
+# ---- cached-index entry points (the CPU path) ---------------------------------------------------------
+# Where the codes are frozen (training on CPU), unpacking them on every call was ~40% of a step. These take
+# the flat LUT positions computed once by ``lut_flat_index`` (4 bytes per weight) instead of the packed
+# codes; they are the PyTorch reference ops minus the unpacking. CUDA needs no index: the Triton kernels
+# unpack in registers.
+
+def lut_flat_index(codes, bits: int, lut_shape: tuple[int, int, int], in_features: int) -> torch.Tensor:
+    """int32 ``[rows * in_features]``: where each weight's value sits in ``lut.reshape(-1)``."""
+    return flat_index_ref(codes, bits, tuple(lut_shape), in_features)
+
+
+def lut_dequant_indexed(lut, flat_index, in_features: int, *, out=None) -> torch.Tensor:
+    """:func:`lut_dequant` from a :func:`lut_flat_index`."""
+    return _into(out, dequant_indexed_ref(lut, flat_index, in_features))
+
+
+def lut_grad_from_io_indexed(grad_y, x, flat_index, lut_shape: tuple[int, int, int], *, out=None) -> torch.Tensor:
+    """:func:`lut_grad_from_io` from a :func:`lut_flat_index` (fp32, deterministic: CPU index_add_ is
+    sequential)."""
+    return _into(out, lut_grad_from_io_indexed_ref(grad_y, x, flat_index, tuple(lut_shape)))

@@ -18,6 +18,16 @@ def check_bits(bits: int) -> None:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
 
 
+def group_size(in_features: int, groups_per_row: int, where: str = "") -> int:
+    """Columns per LUT group: the one check that ``groups_per_row`` divides ``in_features`` (``where`` names
+    the layer in the message)."""
+    if groups_per_row < 1 or in_features % groups_per_row:
+        of = f" of {where}" if where else ""
+        raise ValueError(f"groups_per_row={groups_per_row} does not divide in_features={in_features}{of}; "
+                         f"pick a divisor of {in_features}")
+    return in_features // groups_per_row
+
+
 def packed_len(group_size: int, bits: int) -> int:
     """Bytes used by one (row, group) of ``group_size`` codes."""
     check_bits(bits)

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .packing import group_size
 from .triton_common import check_codes, check_out, interpreting, load_codes
 
 
@@ -38,9 +39,7 @@ def dequant_triton(lut: torch.Tensor, codes: torch.Tensor, bits: int, in_feature
                    out: torch.Tensor | None = None) -> torch.Tensor:
     """Dense ``W_hat`` ``[rows, in_features]`` in ``lut``'s dtype; ``out`` (any strides) is filled if given."""
     rows, groups, _ = lut.shape
-    if in_features % groups:
-        raise ValueError(f"in_features={in_features} is not divisible by groups_per_row={groups}")
-    n = in_features // groups
+    n = group_size(in_features, groups)
     nbytes = check_codes(codes, rows, groups, n, bits)
     out = check_out(out, (rows, in_features), lut.dtype, lut.device)
     if out.numel() == 0:

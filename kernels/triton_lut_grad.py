@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .packing import group_size
 from .triton_common import (check_codes, check_out, dot, dot_precision, dot_upcast, interpreting, load_codes,
                             scratch)
 
@@ -129,9 +130,7 @@ def lut_grad_triton(grad_w: torch.Tensor, codes: torch.Tensor, bits: int, groups
                     out: torch.Tensor | None = None, splits: int | None = None) -> torch.Tensor:
     """fp32 ``[rows, G, 2**bits]`` from ``grad_w`` ``[rows, cols]`` (fp32/bf16/fp16, any strides)."""
     rows, cols = grad_w.shape
-    if cols % groups_per_row:
-        raise ValueError(f"cols={cols} is not divisible by groups_per_row={groups_per_row}")
-    n = cols // groups_per_row
+    n = group_size(cols, groups_per_row)
     nbytes = check_codes(codes, rows, groups_per_row, n, bits)
     out = check_out(out, (rows, groups_per_row, 2**bits), torch.float32, grad_w.device)
     if grad_w.numel() == 0:
@@ -154,9 +153,7 @@ def lut_grad_from_io_triton(grad_y: torch.Tensor, x: torch.Tensor, codes: torch.
     rows, cols = grad_y.shape[-1], x.shape[-1]
     if grad_y.shape[:-1] != x.shape[:-1]:
         raise ValueError(f"grad_y {tuple(grad_y.shape)} and x {tuple(x.shape)} differ in leading dims")
-    if cols % groups_per_row:
-        raise ValueError(f"cols={cols} is not divisible by groups_per_row={groups_per_row}")
-    n = cols // groups_per_row
+    n = group_size(cols, groups_per_row)
     nbytes = check_codes(codes, rows, groups_per_row, n, bits)
     gy = grad_y.reshape(-1, rows)
     x2 = x.reshape(-1, cols).to(gy.dtype)

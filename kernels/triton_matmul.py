@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .packing import group_size
 from .triton_common import (check_codes, check_out, dot, dot_precision, dot_upcast, interpreting, load_codes,
                             scratch)
 
@@ -64,9 +65,9 @@ def lut_matmul_triton(x: torch.Tensor, lut: torch.Tensor, codes: torch.Tensor, b
     """``x @ W_hat^T``: ``x`` ``[..., in_features]`` (any strides; fp32/bf16/fp16) -> ``[..., rows]`` in
     x's dtype. The LUT is cast to x's dtype per tile, like the reference's ``W_hat.to(x.dtype)``."""
     rows, groups, _ = lut.shape
-    if x.shape[-1] != in_features or in_features % groups:
-        raise ValueError(f"x has {x.shape[-1]} features, layer has {in_features} in {groups} groups")
-    n = in_features // groups
+    if x.shape[-1] != in_features:
+        raise ValueError(f"x has {x.shape[-1]} features, the layer has {in_features}")
+    n = group_size(in_features, groups)
     nbytes = check_codes(codes, rows, groups, n, bits)
     x2 = x.reshape(-1, in_features)  # a view whenever strides allow; strides go to the kernel as they are
     tokens = x2.shape[0]

@@ -13,7 +13,6 @@ processes, all-reduce ``raw_sum()`` and ``n_samples`` (see ``all_reduce_``) or m
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 
 class HessianAccumulator:
@@ -78,18 +77,3 @@ class HessianAccumulator:
         self.hessian, self.n_samples = merged.hessian, merged.n_samples
         return self
 
-
-def capture_hessians(modules: dict[str, nn.Module], device=None) -> tuple[dict[str, HessianAccumulator], list]:
-    """Registers forward pre-hooks that feed each module's input into its own accumulator.
-    Returns ``(accumulators, handles)``; call ``h.remove()`` on every handle when done."""
-    accs, handles = {}, []
-    for name, module in modules.items():
-        cols = module.in_features
-        acc = HessianAccumulator(cols, device=device if device is not None else module.weight.device)
-        accs[name] = acc
-
-        def hook(_mod, args, acc=acc):
-            acc.add(args[0])
-
-        handles.append(module.register_forward_pre_hook(hook))
-    return accs, handles

@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from sketchtune_kernels import group_size
+
 from ..errors import UserError
 from ..sketch import Sketch, decoder_layers, find_target_linears
 from . import distributed
@@ -27,6 +29,7 @@ from .checkpoint import Checkpointer, ResumeState
 from .distributed import DistContext
 from .hessian import HessianAccumulator
 from .settings import CompressSettings
+from .sketcher import dequantize
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +61,10 @@ def check_targets(targets: dict[str, nn.Module], settings: CompressSettings) -> 
     if not targets:
         raise UserError("no linear layers to sketch: check compress.targets / compress.ignore")
     for name, lin in targets.items():
-        if lin.in_features % settings.groups_per_row:
-            raise UserError(
-                f"groups_per_row={settings.groups_per_row} does not divide in_features={lin.in_features} of "
-                f"{name}; choose a divisor of {lin.in_features}"
-            )
+        try:
+            group_size(lin.in_features, settings.groups_per_row, name)
+        except ValueError as e:
+            raise UserError(str(e)) from None
 
 
 def compress_model(
@@ -223,9 +225,7 @@ def _nccl() -> bool:
 
 def _write_back(linear: nn.Module, sketch: Sketch) -> None:
     """``W <- W_hat`` so the layers after this one calibrate on the sketched model."""
-    lut = sketch.lut.to(linear.weight.device, torch.float32)
-    w_hat = lut.gather(-1, sketch.codes.to(linear.weight.device).long()).reshape(linear.out_features, -1)
-    linear.weight.data.copy_(w_hat.to(linear.weight.dtype))
+    linear.weight.data.copy_(dequantize(sketch).to(linear.weight.device, linear.weight.dtype))
 
 
 def resolve_device(name: str, dist: DistContext | None = None) -> torch.device:

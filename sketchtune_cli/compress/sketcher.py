@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from sketchtune_kernels import group_size, lut_dequant, pack_codes
+
 from ..sketch import Sketch
 from .kmeans import weighted_kmeans_1d
 from .refit import refit_luts, refit_luts_unweighted, sort_luts
@@ -57,8 +59,7 @@ def sketch_layer(
     start = time.perf_counter()
     rows, cols = W.shape
     groups = s.groups_per_row
-    if cols % groups:
-        raise ValueError(f"groups_per_row={groups} does not divide the layer's {cols} input features")
+    group_size(cols, groups)
     weights = W.detach().to(torch.float32).clone()
     prep = _prepare(weights, H, s)
     col_weight = _column_weights(prep, s.exponent, groups)
@@ -104,10 +105,10 @@ def _assign_codes(weights: torch.Tensor, prep: "_Prepared", lut: torch.Tensor, s
 
 
 def dequantize(sketch: Sketch) -> torch.Tensor:
-    """``W_hat [rows, cols]`` in float32 from a sketch with unpacked codes."""
-    lut = sketch.lut.float()
-    rows, groups, _ = lut.shape
-    return lut.gather(-1, sketch.codes.long()).reshape(rows, -1)
+    """``W_hat [rows, cols]`` in float32, on the sketch's device, from a sketch with unpacked codes (through
+    the kernels' dequant, the one implementation of ``lut[i, j // n, code[i, j]]``)."""
+    rows, groups, n = sketch.codes.shape
+    return lut_dequant(sketch.lut.float(), pack_codes(sketch.codes, sketch.bits), sketch.bits, groups * n)
 
 
 def relative_output_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor, chunk_rows: int = 1024) -> float:

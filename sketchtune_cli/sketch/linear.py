@@ -8,17 +8,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sketchtune_kernels import SUPPORTED_BITS, lut_dequant, lut_grad_from_io, lut_matmul, packed_len, unpack_codes
+from sketchtune_kernels import (check_bits, group_size, lut_dequant, lut_dequant_indexed, lut_flat_index,
+                                lut_grad_from_io, lut_grad_from_io_indexed, lut_matmul, packed_len)
 
 
 def check_sketch_shape(in_features: int, bits: int, groups_per_row: int, name: str = "layer") -> None:
-    if bits not in SUPPORTED_BITS:
-        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
-    if groups_per_row < 1 or in_features % groups_per_row:
-        raise ValueError(
-            f"groups_per_row={groups_per_row} does not divide in_features={in_features} of {name}; "
-            f"pick a divisor of {in_features}"
-        )
+    check_bits(bits)
+    group_size(in_features, groups_per_row, name)
 
 
 class _LutLinearFn(torch.autograd.Function):
@@ -45,29 +41,19 @@ class _LutLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = grad_y @ _dequant(ctx, lut, codes).to(grad_y.dtype)
         if ctx.needs_input_grad[1]:
-            if ctx.flat_index is not None:
-                grad_lut = _lut_grad_by_index(grad_y, x, lut, ctx.flat_index)
+            if ctx.flat_index is not None:  # CPU: the codes' flat LUT positions, unpacked once per layer
+                grad_lut = lut_grad_from_io_indexed(grad_y, x, ctx.flat_index, lut.shape)
             else:
                 # On CUDA the fused kernel bins grad_y^T x tile by tile: the dense weight gradient never exists.
-                grad_lut = lut_grad_from_io(grad_y, x, codes, ctx.bits, lut.shape[1]).to(lut.dtype)
+                grad_lut = lut_grad_from_io(grad_y, x, codes, ctx.bits, lut.shape[1])
+            grad_lut = grad_lut.to(lut.dtype)
         return grad_x, grad_lut, None, None, None, None, None, None
 
 
 def _dequant(ctx, lut, codes):
     if ctx.flat_index is not None:
-        return lut.reshape(-1).index_select(0, ctx.flat_index).reshape(lut.shape[0], ctx.in_features)
+        return lut_dequant_indexed(lut, ctx.flat_index, ctx.in_features)
     return lut_dequant(lut, codes, ctx.bits, ctx.in_features)
-
-
-def _lut_grad_by_index(grad_y, x, lut, flat_index):
-    """CPU: the same scatter-add as the kernels' reference, over precomputed flat LUT positions (index_add_
-    on CPU is sequential, hence deterministic); fp32 accumulation."""
-    dtype = torch.promote_types(grad_y.dtype, torch.float32)
-    gy = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
-    gx = x.reshape(-1, x.shape[-1]).to(grad_y.dtype).to(dtype)
-    grad_w = gy.t() @ gx
-    out = torch.zeros(lut.numel(), dtype=dtype, device=lut.device)
-    return out.index_add_(0, flat_index, grad_w.reshape(-1)).reshape(lut.shape).to(lut.dtype)
 
 
 class SketchedLinear(nn.Module):
@@ -85,11 +71,11 @@ class SketchedLinear(nn.Module):
         check_sketch_shape(in_features, bits, groups_per_row)
         self.in_features, self.out_features = in_features, out_features
         self.bits, self.groups_per_row = bits, groups_per_row
-        group_size = in_features // groups_per_row
+        n = in_features // groups_per_row
         self.lut = nn.Parameter(torch.zeros(out_features, groups_per_row, 2**bits, dtype=dtype, device=device))
         self.register_buffer(
             "codes",
-            torch.zeros(out_features, groups_per_row, packed_len(group_size, bits), dtype=torch.uint8, device=device),
+            torch.zeros(out_features, groups_per_row, packed_len(n, bits), dtype=torch.uint8, device=device),
         )
         if bias:
             self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device))
@@ -129,10 +115,7 @@ class SketchedLinear(nn.Module):
     def _flat_index(self) -> torch.Tensor:
         key = (self.codes._version, self.codes.data_ptr(), self.lut.shape)
         if self._index_cache is None or self._index_cache[0] != key:
-            rows, groups, levels = self.lut.shape
-            base = torch.arange(0, rows * groups * levels, levels, dtype=torch.int32, device=self.codes.device)
-            idx = unpack_codes(self.codes, self.bits, self.group_size).to(torch.int32) + base.reshape(rows, groups, 1)
-            self._index_cache = (key, idx.reshape(-1))
+            self._index_cache = (key, lut_flat_index(self.codes, self.bits, self.lut.shape, self.in_features))
         return self._index_cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

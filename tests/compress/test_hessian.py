@@ -2,7 +2,8 @@
 import torch
 from torch import nn
 
-from sketchtune_cli.compress.hessian import HessianAccumulator, capture_hessians
+from sketchtune_cli.compress.blocks import pre_hooks
+from sketchtune_cli.compress.hessian import HessianAccumulator
 
 
 def _reference(batches):
@@ -57,11 +58,10 @@ def test_raw_sum_and_merge_reproduce_one_accumulator():
 def test_capture_hooks_record_linear_inputs():
     torch.manual_seed(0)
     lin = nn.Linear(6, 3)
-    accs, handles = capture_hessians({"lin": lin})
+    accs = {"lin": HessianAccumulator(6)}
     x = torch.randn(4, 9, 6)
-    lin(x)
-    for h in handles:
-        h.remove()
+    with pre_hooks({"lin": lin}, lambda name, inp: accs[name].add(inp)):  # the pipeline's way of collecting H
+        lin(x)
     lin(x)  # removed: no longer counted
     ref, n = _reference([x])
     assert accs["lin"].n_samples == n

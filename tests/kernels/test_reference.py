@@ -113,3 +113,35 @@ def test_dispatch_torch_backend_fills_out():
         assert torch.equal(out, fn(*args))  # backend=None on CPU is the reference
     with pytest.raises(ValueError):
         lut_dequant(lut, packed, 4, 8, backend="cuda")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_cached_index_entry_points_match_loops(bits):
+    """The CPU training path (codes unpacked once into flat LUT positions) against explicit loops."""
+    from sketchtune_kernels import lut_dequant_indexed, lut_flat_index, lut_grad_from_io_indexed
+
+    lut, codes, packed = _case(3, 2, 5, bits)
+    idx = lut_flat_index(packed, bits, lut.shape, 10)
+    assert idx.dtype == torch.int32 and idx.shape == (30,)
+    assert torch.equal(lut_dequant_indexed(lut, idx, 10), naive_weight(lut, codes))
+    grad_y, x = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 10, dtype=torch.float64)
+    grad_w = grad_y.t() @ x
+    expect = torch.zeros(3, 2, 2**bits, dtype=torch.float64)
+    for i in range(3):
+        for j in range(10):
+            expect[i, j // 5, int(codes[i, j // 5, j % 5])] += grad_w[i, j]
+    torch.testing.assert_close(lut_grad_from_io_indexed(grad_y, x, idx, lut.shape), expect)
+    assert lut_grad_from_io_indexed(grad_y.float(), x.float(), idx, lut.shape).dtype == torch.float32
+
+
+def test_group_size_is_the_one_divisibility_check():
+    from sketchtune_kernels import group_size
+
+    assert group_size(12, 4) == 3
+    with pytest.raises(ValueError, match=r"groups_per_row=5 does not divide in_features=12 of q_proj; pick a divisor"):
+        group_size(12, 5, "q_proj")
+    with pytest.raises(ValueError, match="groups_per_row=0"):
+        group_size(12, 0)
+    lut, _, packed = _case(3, 2, 5, 4)
+    with pytest.raises(ValueError, match="groups_per_row=2 does not divide in_features=9"):
+        dequant_ref(lut, packed, 4, 9)
