@@ -40,12 +40,13 @@ def _drop_quantization_config(model: nn.Module) -> None:
             delattr(model.config, attr)
 
 
-def write_hf_sketch(model: nn.Module, tokenizer, directory: Path, dtype: torch.dtype, base_qcfg: dict) -> None:
+def write_hf_sketch(model: nn.Module, tokenizer, directory: Path, dtype: torch.dtype, base_qcfg: dict,
+                    max_shard_size: str) -> None:
     """Reuse the sketch format itself: codes unchanged, LUTs (and dense tensors) in ``dtype``."""
     model.to(dtype)  # floating tensors only: packed codes stay uint8
     model.config.dtype = dtype
     extra = {k: v for k, v in base_qcfg.items() if k not in _DERIVED_QCFG_KEYS}
-    save_sketch(model, tokenizer, directory, **extra)
+    save_sketch(model, tokenizer, directory, max_shard_size=max_shard_size, **extra)
 
 
 def write_lut_only(model: nn.Module, directory: Path, dtype: torch.dtype, base: Manifest, base_qcfg: dict) -> None:

@@ -41,7 +41,7 @@ def register() -> None:
         register_quantizer,
     )
 
-    from .hf_quantizer import QUANT_METHOD, SketchTuneConfig, SketchTuneHfQuantizer
+    from ..sketch.hf import QUANT_METHOD, SketchTuneConfig, SketchTuneHfQuantizer
 
     _registered = True
     if QUANT_METHOD in AUTO_QUANTIZATION_CONFIG_MAPPING:  # e.g. registered by another copy of the package

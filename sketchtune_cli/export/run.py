@@ -36,7 +36,7 @@ def export_artifact(source: str | Path, out: str | Path, settings: ExportSetting
         if settings.format == "hf-dense":
             formats.write_hf_dense(model, tokenizer, writer.path, dtype, settings.max_shard_size)
         elif settings.format == "hf-sketch":
-            formats.write_hf_sketch(model, tokenizer, writer.path, dtype, base_qcfg)
+            formats.write_hf_sketch(model, tokenizer, writer.path, dtype, base_qcfg, settings.max_shard_size)
         else:
             formats.write_lut_only(model, writer.path, dtype, base, base_qcfg)
         results["sizes"]["export_bytes"] = formats.dir_bytes(writer.path)

@@ -11,4 +11,4 @@ class ExportSettings(Section):
         "hf-dense", description="hf-dense: plain HF checkpoint; hf-sketch: packed sketch (transformers plugin); "
         "lut-only: the LUTs as an adapter over the base sketch")
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of the exported floating tensors")
-    max_shard_size: str = Field("5GB", description="hf-dense: largest safetensors shard (transformers' syntax)")
+    max_shard_size: str = Field("5GB", description="hf-dense and hf-sketch: largest safetensors shard (transformers' syntax)")

@@ -1,15 +1,19 @@
 """A sketch on disk: a Hugging Face model directory whose ``config.json`` carries
 ``quantization_config = {quant_method: "sketchtune", ...}`` and whose safetensors hold the dense tensors
 (embeddings, norms, lm_head) plus ``<module>.lut`` and ``<module>.codes`` (and ``<module>.bias``) for each
-sketched layer. No pickle anywhere."""
+sketched layer. No pickle anywhere.
+
+This module and its transformers twin :mod:`.hf` (``from_pretrained`` of a sketch) are the only code that
+reads or writes sketch checkpoints. Shards and their index are huggingface_hub's
+(``save_torch_state_dict`` / ``model.safetensors.index.json``), the same layout ``save_pretrained`` writes."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from huggingface_hub import save_torch_state_dict
+from safetensors.torch import load_file
 from torch import nn
 
 from .convert import add_empty_sketches, sketched_layers
@@ -18,6 +22,7 @@ QUANT_METHOD = "sketchtune"
 PACKING = "msb-first-bitstream"  # 4-bit = the SketchTune authors' nibble layout
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_SIZE = 4 << 30  # bytes; export.max_shard_size overrides it for hf-sketch exports
 
 
 def quantization_config(model: nn.Module, **extra) -> dict:
@@ -38,7 +43,8 @@ def quantization_config(model: nn.Module, **extra) -> dict:
 
 
 def _state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict without tied duplicates (safetensors refuses shared storage)."""
+    """State dict without tied duplicates, keeping the first name (``model.embed_tokens.weight``, the one
+    ``tie_weights`` ties ``lm_head`` to); huggingface_hub's own dedupe would keep the alphabetically first."""
     out, seen = {}, {}
     for name, t in model.state_dict().items():
         key = (t.data_ptr(), t.dtype, tuple(t.shape)) if t.device.type != "meta" else None
@@ -50,51 +56,27 @@ def _state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_state_dict_sharded(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int = 4 << 30) -> list[str]:
-    """Write ``model.safetensors`` or, when larger than ``max_shard_bytes``, HF-style shards + index."""
-    shards, current, size = [], {}, 0
-    for name, t in state.items():
-        nbytes = t.numel() * t.element_size()
-        if current and size + nbytes > max_shard_bytes:
-            shards.append(current)
-            current, size = {}, 0
-        current[name] = t
-        size += nbytes
-    shards.append(current)
-    meta = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(shards[0], directory / WEIGHTS_NAME, metadata=meta)
-        return [WEIGHTS_NAME]
-    names, weight_map = [], {}
-    for i, shard in enumerate(shards, 1):
-        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, directory / fname, metadata=meta)
-        names.append(fname)
-        weight_map.update({k: fname for k in shard})
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    (directory / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    return names
-
-
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     directory = Path(directory)
     index = directory / INDEX_NAME
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [WEIGHTS_NAME]
     state = {}
     for fname in files:
-        with safe_open(directory / fname, framework="pt") as f:
-            for k in f.keys():
-                state[k] = f.get_tensor(k)
+        state.update(load_file(directory / fname))
     return state
 
 
-def save_sketch(model: nn.Module, tokenizer, directory: str | Path, **quant_extra) -> dict:
-    """Save a sketched model as an HF directory; returns the quantization_config written."""
+def save_sketch(model: nn.Module, tokenizer, directory: str | Path, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+                **quant_extra) -> dict:
+    """Save a sketched model as an HF directory: ``model.safetensors``, or shards of at most ``max_shard_size``
+    (bytes or e.g. ``"5GB"``) plus an index; returns the quantization_config written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     qcfg = quantization_config(model, **quant_extra)
-    save_state_dict_sharded(_state_dict_for_saving(model), directory)
+    save_torch_state_dict(_state_dict_for_saving(model), directory, max_shard_size=max_shard_size)
     config = model.config.to_dict()
+    if config.get("dtype") is None:  # as save_pretrained does: the dense tensors' dtype, what "auto" loads
+        config["dtype"] = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
     config["quantization_config"] = qcfg
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     if getattr(model, "generation_config", None) is not None:
@@ -122,9 +104,15 @@ def build_sketch_skeleton(config_dict: dict, qcfg: dict, dtype: torch.dtype | No
     config = AutoConfig.for_model(**config_dict)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    lut_dtype = getattr(torch, qcfg.get("lut_dtype", "float32"))
-    add_empty_sketches(model, qcfg["modules"], qcfg["bits"], qcfg["groups_per_row"], lut_dtype, device="meta")
+    add_empty_sketches(model, qcfg["modules"], qcfg["bits"], qcfg["groups_per_row"], stored_lut_dtype(qcfg),
+                       device="meta")
     return model
+
+
+def stored_lut_dtype(qcfg: dict) -> torch.dtype:
+    """The dtype the LUTs were saved in. Both readers load them in it unless asked for another dtype
+    (``load_sketch(dtype=...)``; ``from_pretrained(dtype=...)`` other than the sketch's own)."""
+    return getattr(torch, qcfg.get("lut_dtype", "float32"))
 
 
 def load_sketch(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> nn.Module:

@@ -58,3 +58,46 @@ def test_load_luts_checks_keys_and_shapes():
     bad[k] = bad[k][:, :1]
     with pytest.raises(ValueError, match="shape"):
         load_luts(model, bad)
+
+
+def _from_pretrained(directory, **kwargs):
+    from transformers import AutoModelForCausalLM
+
+    import sketchtune_cli  # noqa: F401  (registers the transformers quantizer)
+
+    return AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+
+
+def test_shards_follow_max_shard_size_and_load_on_both_paths(tmp_path):
+    """Sharding is huggingface_hub's: the size limit given is honoured, and both readers (load_sketch and
+    from_pretrained through the quantizer) put the shards back together."""
+    model = tiny_llama(tie_word_embeddings=True)
+    replace_with_sketches(model, random_sketches(model))
+    ids = torch.randint(0, 128, (1, 7))
+    expected = model(ids).logits
+    save_sketch(model, None, tmp_path, max_shard_size=40_000)  # bytes; the embedding alone is 32 KiB
+    shards = sorted(p.name for p in tmp_path.glob("model-*-of-*.safetensors"))
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert len(shards) > 1 and sorted(set(index["weight_map"].values())) == shards
+    assert not (tmp_path / "model.safetensors").exists()
+    assert all(p.stat().st_size <= 40_000 + 4096 for p in tmp_path.glob("model-*.safetensors"))  # + header
+    assert "lm_head.weight" not in index["weight_map"]  # tied: stored once, under the embedding's name
+    assert torch.equal(load_sketch(tmp_path)(ids).logits, expected)
+    assert torch.equal(_from_pretrained(tmp_path, dtype=torch.float32)(ids).logits, expected)
+
+
+def test_stored_lut_dtype_is_honoured_by_both_readers(tmp_path):
+    """fp32 dense tensors with bf16 LUTs: loaded as stored unless another dtype is asked for."""
+    model = tiny_llama()
+    replace_with_sketches(model, random_sketches(model), lut_dtype=torch.bfloat16)
+    save_sketch(model, None, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["quantization_config"]["lut_dtype"] == "bfloat16"
+    ids = torch.randint(0, 128, (1, 7))
+    expected = model(ids).logits
+    for loaded in (load_sketch(tmp_path), _from_pretrained(tmp_path), _from_pretrained(tmp_path, dtype="auto")):
+        layer = loaded.model.layers[0].self_attn.q_proj
+        assert layer.lut.dtype == torch.bfloat16 and loaded.model.embed_tokens.weight.dtype == torch.float32
+        assert torch.equal(loaded(ids).logits, expected)
+    for loaded in (load_sketch(tmp_path, dtype=torch.float16), _from_pretrained(tmp_path, dtype=torch.float16)):
+        assert loaded.model.layers[0].self_attn.q_proj.lut.dtype == torch.float16
+        assert loaded.model.embed_tokens.weight.dtype == torch.float16

@@ -1,13 +1,17 @@
 """The transformers side of the sketch format: a quantization config class and an ``HfQuantizer`` that
-loads pre-built sketches (``quant_method: "sketchtune"``). Imported only by ``hf_integration.register``,
-because importing transformers' quantizer base is slow."""
+loads pre-built sketches (``quant_method: "sketchtune"``). It lives beside :mod:`.format` because both read
+the same directory: both build the skeleton with ``add_empty_sketches`` and take the LUTs' dtype from
+:func:`.format.stored_lut_dtype`.
+Imported only by ``export.hf_integration.register``, because importing transformers' quantizer base is slow."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..sketch import QUANT_METHOD, add_empty_sketches, materialize_dense
-from ..sketch.format import PACKING
+from .convert import add_empty_sketches, materialize_dense
+from .format import PACKING, QUANT_METHOD, read_sketch_config, stored_lut_dtype
 
 
 class SketchTuneConfig(QuantizationConfigMixin):
@@ -15,7 +19,7 @@ class SketchTuneConfig(QuantizationConfigMixin):
     settings a sketch records) are kept so a load + ``save_pretrained`` round-trip loses nothing."""
 
     def __init__(self, bits: int = 4, groups_per_row: int = 4, modules: list[str] | None = None,
-                 lut_dtype: str = "bfloat16", packing: str = PACKING, format_version: int = 1, **extra):
+                 lut_dtype: str = "float32", packing: str = PACKING, format_version: int = 1, **extra):
         extra.pop("quant_method", None)
         self.quant_method = QUANT_METHOD
         self.format_version = format_version
@@ -36,16 +40,21 @@ class SketchTuneConfig(QuantizationConfigMixin):
 class SketchTuneHfQuantizer(HfQuantizer):
     """Loads a sketch: before the weights arrive, the listed linears become empty ``SketchedLinear``
     layers whose ``lut`` / ``codes`` (/ ``bias``) names match the checkpoint, so transformers' ordinary
-    loader fills them. LUTs take the dtype the model is built in (``dtype=`` of ``from_pretrained``);
-    codes stay uint8."""
+    loader fills them. LUTs load in their stored ``lut_dtype`` when the model is built in the sketch's own
+    dtype (``dtype="auto"``, as ``load_sketch`` without ``dtype``), else in the dtype asked for; codes stay
+    uint8."""
 
     requires_calibration = True  # a sketch needs calibration data: only pre-built sketches load
     quantization_config: SketchTuneConfig
 
-    def _process_model_before_weight_loading(self, model, **kwargs):
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         cfg = self.quantization_config
         first = model.get_submodule(cfg.modules[0])
-        lut_dtype = first.weight.dtype if getattr(first, "weight", None) is not None else None
+        lut_dtype = built = first.weight.dtype if getattr(first, "weight", None) is not None else None
+        if checkpoint_files:  # the sketch's own dense dtype, from its config.json beside the weights
+            saved, _ = read_sketch_config(Path(checkpoint_files[0]).parent)
+            if str(built).removeprefix("torch.") == saved.get("dtype", saved.get("torch_dtype")):
+                lut_dtype = stored_lut_dtype({"lut_dtype": cfg.lut_dtype})
         add_empty_sketches(model, cfg.modules, cfg.bits, cfg.groups_per_row, dtype=lut_dtype, device="meta")
         return model
 
