@@ -142,3 +142,10 @@ def test_no_stage_package_imports_another_stage_or_the_cli_layer():
             if other_stage or cli:
                 bad.append(f"{module} -> {dep}")
     assert not bad
+
+
+def test_sketch_package_stands_on_kernels_only():
+    """The format (sketch/) is shared by every stage, so it may use nothing of ours but the kernels."""
+    bad = {m: sorted(d for d in deps if not d.startswith(("sketchtune_cli.sketch", "sketchtune_kernels")))
+           for m, deps in import_graph(function_level=True).items() if m.startswith("sketchtune_cli.sketch")}
+    assert not {m: deps for m, deps in bad.items() if deps}
