@@ -76,14 +76,14 @@ class Manifest:
 
 
 def parent_ref(parent: Manifest, child: str | Path | None = None) -> dict[str, str]:
-    """How an artifact names its parent: ``path`` relative to the child's directory (a runs tree moved or
-    copied as a whole keeps its links), ``abs_path`` where the parent was when the child was written (a
-    child moved on its own still finds it), and the parent's content hash (what makes either one valid)."""
+    """How an artifact names its parent: ``relative_path`` from the child's directory (a runs tree moved or
+    copied as a whole keeps its links), ``path`` where the parent was when the child was written (a child
+    moved on its own still finds it; older sketchtune versions read only this), and the parent's content
+    hash, which is what makes either place valid."""
     target = Path(parent.path).resolve()
     ref = {"path": str(target), "stage": parent.stage, "content_hash": parent.content_hash}
     if child is not None:
-        ref["path"] = os.path.relpath(target, Path(child).resolve())
-        ref["abs_path"] = str(target)
+        ref["relative_path"] = os.path.relpath(target, Path(child).resolve())
     return ref
 
 
@@ -221,11 +221,10 @@ def verify_files(manifest: Manifest) -> None:
 
 
 def ref_candidates(ref: dict, origin: str | Path) -> list[Path]:
-    """Where a reference (``parent_ref``) may point, in order: its path taken relative to ``origin`` (the
-    referring artifact's directory; old manifests hold an absolute path there), then ``abs_path``."""
-    places = [Path(origin) / ref["path"]]  # an absolute ref["path"] replaces origin
-    if ref.get("abs_path"):
-        places.append(Path(ref["abs_path"]))
+    """Where a reference (``parent_ref``) may point, in order: its ``relative_path`` taken from ``origin``
+    (the referring artifact's directory), then ``path`` (absolute; old manifests have only this)."""
+    places = [Path(origin) / ref["relative_path"]] if ref.get("relative_path") else []
+    places.append(Path(ref["path"]))
     unique: dict[str, Path] = {}
     for p in places:
         unique.setdefault(os.path.normpath(p.absolute()), p)

@@ -75,6 +75,8 @@ def _existing_ancestor(path: Path) -> Path:
 def writable_problems(out: Path) -> list[str]:
     """``out`` can be created: its nearest existing ancestor is a directory this user may write to. The
     line names that ancestor, so stages writing under the same one report it once."""
+    if Path(out).exists() and not Path(out).is_dir():
+        return [f"cannot write {out}: it is a file, not a directory; remove it or choose another output"]
     anchor = _existing_ancestor(Path(out).parent)
     if not anchor.is_dir():
         return [f"cannot write outputs under {anchor}: it is a file, not a directory; choose another output"]
