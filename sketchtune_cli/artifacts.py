@@ -225,10 +225,7 @@ def ref_candidates(ref: dict, origin: str | Path) -> list[Path]:
     (the referring artifact's directory), then ``path`` (absolute; old manifests have only this)."""
     places = [Path(origin) / ref["relative_path"]] if ref.get("relative_path") else []
     places.append(Path(ref["path"]))
-    unique: dict[str, Path] = {}
-    for p in places:
-        unique.setdefault(os.path.normpath(p.absolute()), p)
-    return list(unique.values())
+    return list(dict.fromkeys(Path(os.path.normpath(p.absolute())) for p in places))
 
 
 def resolve_ref(ref: dict, origin: str | Path, *, what: str = "parent", stage: str | tuple[str, ...] | None = None,
