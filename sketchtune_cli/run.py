@@ -168,10 +168,14 @@ def preflight_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False
     steps, problems = plan_pipeline(with_demo_eval_dir(cfg), names, overwrite)
     to_run = [s for s in steps if s.action != "skip"]
     made_here = {s.stage for s in to_run}
-    checks = [(stages.get(s.stage), stages.Job(s.out, overwrite=overwrite, resume=s.action == "resume",
-                                               pending=stages.get(s.stage).parent in made_here,
-                                               check_output=False))
-              for s in to_run]
+    checks = []
+    for step in to_run:
+        parent = stages.get(step.stage).parent
+        inputs = (str(stage_dir(cfg, parent)),) if parent else ()
+        # an input made earlier in this run, or missing (plan_pipeline said so), is not checked again
+        pending = parent in made_here or bool(parent and not is_artifact(inputs[0]))
+        checks.append((stages.get(step.stage), stages.Job(step.out, overwrite=overwrite, resume=step.action == "resume",
+                                                          inputs=inputs, pending=pending, check_output=False)))
     plans, found = preflight.collect(checks, _checked_config(cfg))
     return steps, dict(zip((s.stage for s in to_run), plans)), preflight.unique(problems + found)
 

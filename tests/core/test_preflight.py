@@ -28,7 +28,7 @@ def no_weights(monkeypatch):
     import safetensors.torch
     import transformers
 
-    from sketchtune_cli import loading, models
+    from sketchtune_cli import loading, models, sketch
     from sketchtune_cli.sketch import format as sketch_format
 
     def refuse(*args, **kwargs):
@@ -38,6 +38,7 @@ def no_weights(monkeypatch):
     monkeypatch.setattr(models, "embedded_model_dir", refuse)
     monkeypatch.setattr(loading, "load_sketch_artifact", refuse)
     monkeypatch.setattr(sketch_format, "load_sketch", refuse)
+    monkeypatch.setattr(sketch, "load_sketch", refuse)
     monkeypatch.setattr(safetensors.torch, "load_file", refuse)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", refuse)
