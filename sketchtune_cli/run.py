@@ -134,7 +134,7 @@ def plan_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False) -> 
                 existing = None
             if existing is not None and not parent_pending and is_current(name, existing, cfg, parent):
                 step = Step(name, out, "skip", existing)
-            elif existing is not None and not overwrite:
+            elif existing is not None and not overwrite and not parent_pending:  # else: known once its parent ran
                 problems.append(f"{out} was made with another config or from another {stage.parent or 'model'}; "
                                 f"pass --overwrite to re-run {name}, or set another output_dir")
         decided[name] = step

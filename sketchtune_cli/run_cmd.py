@@ -35,9 +35,10 @@ def dry_run_report(cfg: RunConfig, stages: list[str] | None = None, overwrite: b
     from . import stages as stage_api
 
     names = list(stages or STAGES)
-    steps, _, problems = preflight_pipeline(cfg, names, overwrite)
-    plans = {}
+    steps, plans, problems = preflight_pipeline(cfg, names, overwrite)
     for name in STAGES:
+        if name in plans:
+            continue
         try:
             plans[name] = stage_api.get(name).plan(cfg, stage_api.Job(Path(cfg.output_dir) / name, pending=True))
         except UserError:
