@@ -19,7 +19,7 @@ Examples:
 
   sketchtune run --config demo                                  # the embedded model, CPU, minutes
 
-  sketchtune run --config math --dry-run                        # plan + sizes for llama-3-8b, offline
+  sketchtune run --config math --dry-run                        # check every input; plan + sizes, no weights
 
   sketchtune run --config math eval.data_dir=/data/llm-adapters compress.groups_per_row=8
 
