@@ -11,7 +11,7 @@ import shutil
 from functools import lru_cache
 from pathlib import Path
 
-from .artifacts import is_artifact, partial_dir, read_manifest
+from .artifacts import is_artifact, read_manifest
 from .errors import PreflightError, UserError
 
 
