@@ -75,8 +75,16 @@ class Manifest:
         return d
 
 
-def parent_ref(parent: Manifest) -> dict[str, str]:
-    return {"path": str(parent.path.resolve()), "stage": parent.stage, "content_hash": parent.content_hash}
+def parent_ref(parent: Manifest, child: str | Path | None = None) -> dict[str, str]:
+    """How an artifact names its parent: ``relative_path`` from the child's directory (a runs tree moved or
+    copied as a whole keeps its links), ``path`` where the parent was when the child was written (a child
+    moved on its own still finds it; older sketchtune versions read only this), and the parent's content
+    hash, which is what makes either place valid."""
+    target = Path(parent.path).resolve()
+    ref = {"path": str(target), "stage": parent.stage, "content_hash": parent.content_hash}
+    if child is not None:
+        ref["relative_path"] = os.path.relpath(target, Path(child).resolve())
+    return ref
 
 
 def partial_dir(out: Path) -> Path:
@@ -100,7 +108,7 @@ class ArtifactWriter:
             tool_version=__version__,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             config=self.config,
-            parent=parent_ref(self.parent) if self.parent else None,
+            parent=parent_ref(self.parent, self.out) if self.parent else None,
             files=files,
             results=self.results,
         )
@@ -212,12 +220,48 @@ def verify_files(manifest: Manifest) -> None:
             raise UserError(f"{root}: checksum mismatch for {rel}; the artifact is corrupted, re-create it")
 
 
+def ref_candidates(ref: dict, origin: str | Path) -> list[Path]:
+    """Where a reference (``parent_ref``) may point, in order: its ``relative_path`` taken from ``origin``
+    (the referring artifact's directory), then ``path`` (absolute; old manifests have only this)."""
+    places = [Path(origin) / ref["relative_path"]] if ref.get("relative_path") else []
+    places.append(Path(ref["path"]))
+    return list(dict.fromkeys(Path(os.path.normpath(p.absolute())) for p in places))
+
+
+def resolve_ref(ref: dict, origin: str | Path, *, what: str = "parent", stage: str | tuple[str, ...] | None = None,
+                override: str | Path | None = None, verify: bool = True) -> Manifest:
+    """The artifact ``ref`` names, seen from the artifact directory ``origin``: the one place every parent
+    and base path is resolved. ``override`` (``--base PATH``) re-points it at an artifact that moved on its
+    own, accepted only if its content hash is the recorded one."""
+    want = ref["content_hash"]
+    places = [Path(override)] if override is not None else ref_candidates(ref, origin)
+    mismatch = None
+    for place in places:
+        if not is_artifact(place):
+            if override is not None:
+                raise UserError(f"--base {place} is not a sketchtune artifact (no {MANIFEST}); give the {what} directory")
+            continue
+        found = read_manifest(place, stage=stage, verify=False)
+        if found.content_hash == want:
+            if verify:
+                verify_files(found)
+            return found
+        mismatch = mismatch or found
+    if mismatch is not None:
+        raise UserError(
+            f"{origin} was made for {what} {want[:12]}, not {mismatch.content_hash[:12]} ({mismatch.path}): the "
+            f"content hashes differ; pass --base PATH to the {what} it was made from, or re-run this stage"
+        )
+    looked = " and ".join(str(p) for p in places)
+    raise UserError(f"{origin}: its {what} is gone (looked in {looked}); if it moved, pass --base PATH to point at it")
+
+
 def lineage(manifest: Manifest) -> list[Manifest]:
-    """This artifact and its ancestors, nearest first (ancestors that moved or vanished end the chain)."""
+    """This artifact and its ancestors, nearest first (ancestors that moved away or changed end the chain)."""
     chain = [manifest]
     while chain[-1].parent:
-        p = Path(chain[-1].parent["path"])
-        if not is_artifact(p):
+        try:
+            chain.append(resolve_ref(chain[-1].parent, chain[-1].path, verify=False))
+        except UserError:
             break
-        chain.append(read_manifest(p, verify=False))
     return chain

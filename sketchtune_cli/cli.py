@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         if debug:
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        for line in getattr(e, "problems", None) or [_one_line(e)]:  # a PreflightError: one line per problem
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)

@@ -5,3 +5,11 @@ class UserError(Exception):
     """Bad input from the user: message says what is wrong and how to fix it."""
 
     exit_code = 2
+
+
+class PreflightError(UserError):
+    """Every problem the preflight found, one line each (the CLI prints each on its own line, exit 2)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = [" ".join(p.split()) for p in problems]
+        super().__init__("; ".join(self.problems))

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .artifacts import Manifest, is_artifact, read_manifest
+from .artifacts import Manifest, is_artifact, read_manifest, resolve_ref
 from .errors import UserError
 from .models import load_model, torch_dtype
 
@@ -35,17 +35,12 @@ def load_sketch_artifact(path: str | Path, device="cpu", dtype=None) -> tuple[to
     return model, AutoTokenizer.from_pretrained(manifest.path) if has_tokenizer else None, manifest
 
 
-def parent_of(manifest: Manifest, stage: str | tuple[str, ...]) -> Manifest:
-    """The parent artifact, checked to be the very one this artifact was made from (content hash)."""
+def parent_of(manifest: Manifest, stage: str | tuple[str, ...], base: str | Path | None = None) -> Manifest:
+    """The parent artifact, checked to be the very one this artifact was made from (content hash); ``base``
+    (``--base``) re-points it at a parent that moved on its own."""
     if not manifest.parent:
         raise UserError(f"{manifest.path} records no parent artifact")
-    parent_path = Path(manifest.parent["path"])
-    if not is_artifact(parent_path):
-        raise UserError(f"{manifest.path}: its base {parent_path} is gone; restore it or re-run the parent stage")
-    parent = read_manifest(parent_path, stage=stage)
-    if parent.content_hash != manifest.parent["content_hash"]:
-        raise UserError(f"{manifest.path}: its base {parent_path} changed since (content hash differs); re-run this stage")
-    return parent
+    return resolve_ref(manifest.parent, manifest.path, what="base sketch", stage=stage, override=base)
 
 
 def apply_lut_file(model: torch.nn.Module, lut_file: Path) -> None:
@@ -58,8 +53,10 @@ def apply_lut_file(model: torch.nn.Module, lut_file: Path) -> None:
         raise UserError(f"{lut_file}: {e}") from None
 
 
-def load_any(spec: str | Path, device: str = "cpu", dtype: str | torch.dtype | None = None) -> Loaded:
-    """Build the model an artifact or spec stands for, on ``device`` in eval mode."""
+def load_any(spec: str | Path, device: str = "cpu", dtype: str | torch.dtype | None = None,
+             base: str | Path | None = None) -> Loaded:
+    """Build the model an artifact or spec stands for, on ``device`` in eval mode. ``base`` (``--base``)
+    re-points a fine-tune or lut-only export at a base sketch that moved on its own."""
     dt = None if dtype in (None, "auto") and is_artifact(spec) else torch_dtype(dtype or "auto", device)
     if not is_artifact(spec):
         model, tok = load_model(str(spec), dtype=dt, device=device)
@@ -69,13 +66,13 @@ def load_any(spec: str | Path, device: str = "cpu", dtype: str | torch.dtype | N
         model, tok, manifest = load_sketch_artifact(spec, device, dt)
         return Loaded(model, tok, "sketch", manifest, str(spec))
     if manifest.stage == "finetune":
-        base = parent_of(manifest, "sketch")
-        model, tok, _ = load_sketch_artifact(base.path, device, dt)
+        base_sketch = parent_of(manifest, "sketch", base)
+        model, tok, _ = load_sketch_artifact(base_sketch.path, device, dt)
         apply_lut_file(model, Path(spec) / LUT_ADAPTER)
         return Loaded(model, tok, "finetune", manifest, str(spec))
     if manifest.stage == "export":
         from .export.loading import load_export
 
-        model, tok = load_export(manifest, device=device, dtype=dt)
+        model, tok = load_export(manifest, device=device, dtype=dt, base=base)
         return Loaded(model, tok, "export", manifest, str(spec))
     raise UserError(f"{spec} is an {manifest.stage} artifact; give a sketch, fine-tune or export artifact, or a model")

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import preflight, stages
 from .artifacts import Manifest, is_artifact, partial_dir, read_manifest
-from .config import RunConfig, config_hash
-from .errors import UserError
+from .config import RunConfig
+from .errors import PreflightError, UserError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("compress", "finetune", "eval", "export")
+STAGES = stages.STAGE_NAMES
 DEMO_TASK_FOLDER = "demo_arith"
 
 
@@ -37,24 +38,9 @@ def stage_dir(cfg: RunConfig, stage: str) -> Path:
 
 # ---- what makes an existing artifact current -------------------------------------------------------
 
-# Per stage: the config sections it depends on, and keys that only change speed/logging (ignored).
-STAGE_SECTIONS = {
-    "compress": (("model", "compress"), {"compress": ("device", "offload_activations")}),
-    "finetune": (("model", "data", "train"), {"train": ("base", "save_every", "eval_every", "log_every", "trackers")}),
-    "eval": (("model", "eval"), {"eval": ("batch_size",)}),
-    "export": (("export",), {}),
-}
-
-
 def stage_fingerprint(stage: str, config: dict) -> str:
-    sections, ignored = STAGE_SECTIONS[stage]
-    picked = {}
-    for name in sections:
-        value = config.get(name)
-        if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k not in ignored.get(name, ())}
-        picked[name] = value
-    return config_hash(picked)
+    """Hash of the config that decides ``stage``'s results (its sections, less its result-free keys)."""
+    return stages.get(stage).fingerprint(config)
 
 
 def is_current(stage: str, existing: Manifest, cfg: RunConfig, parent: Manifest | None) -> bool:
@@ -65,51 +51,26 @@ def is_current(stage: str, existing: Manifest, cfg: RunConfig, parent: Manifest 
     return bool(existing.parent) and existing.parent.get("content_hash") == parent.content_hash
 
 
-# ---- the stages -------------------------------------------------------------------------------------
-
-def _compress(cfg: RunConfig, out: Path, parent: Manifest | None, resume: bool, overwrite: bool) -> Path:
-    from .compress.stage import run_compress
-
-    return run_compress(cfg, out, resume=resume, overwrite=overwrite, plot=cfg.logging.plots)
-
-
-def _finetune(cfg: RunConfig, out: Path, parent: Manifest | None, resume: bool, overwrite: bool) -> Path:
-    from .finetune.stage import run_finetune
-
-    cfg = cfg.model_copy(deep=True)
-    cfg.train.base = str(parent.path)
-    return run_finetune(cfg, out, resume=resume, overwrite=overwrite)
-
-
-def _eval(cfg: RunConfig, out: Path, parent: Manifest | None, resume: bool, overwrite: bool) -> Path:
-    from .evaluate.pipeline import run_eval
-
-    outcome = run_eval([str(parent.path)], cfg, out, overwrite=overwrite)
-    return outcome.path
-
-
-def _export(cfg: RunConfig, out: Path, parent: Manifest | None, resume: bool, overwrite: bool) -> Path:
-    from .export.run import export_artifact
-
-    evals = [stage_dir(cfg, "eval")] if is_artifact(stage_dir(cfg, "eval")) else []
-    return export_artifact(parent.path, out, cfg.export, overwrite=overwrite, eval_artifacts=evals,
-                           config=cfg.section_dict("export")).path
-
-
-RUNNERS: dict[str, Callable] = {"compress": _compress, "finetune": _finetune, "eval": _eval, "export": _export}
 # The artifact each stage consumes, and the stage name each artifact's manifest records.
-PARENT_STAGE = {"compress": None, "finetune": "compress", "eval": "finetune", "export": "finetune"}
-ARTIFACT_STAGE = {"compress": "sketch", "finetune": "finetune", "eval": "eval", "export": "export"}
+PARENT_STAGE = {name: stages.get(name).parent for name in STAGES}
+ARTIFACT_STAGE = {name: stages.get(name).artifact for name in STAGES}
+
+
+def demo_eval_file(cfg: RunConfig) -> Path | None:
+    """Where the run writes the demo's held-out split: with the built-in demo data and no eval data dir."""
+    if cfg.data.path != "demo" or cfg.eval.data_dir:
+        return None
+    return Path(cfg.output_dir) / "data" / DEMO_TASK_FOLDER / "test.json"
 
 
 def prepare_demo_eval_data(cfg: RunConfig) -> RunConfig:
     """With the built-in demo data and no eval data dir, write the demo's held-out split where the
     paper-protocol math task can read it (``output_dir/data/demo_arith/test.json``)."""
-    if cfg.data.path != "demo" or cfg.eval.data_dir:
+    target = demo_eval_file(cfg)
+    if target is None:
         return cfg
     from .finetune.demo_data import demo_records
 
-    target = Path(cfg.output_dir) / "data" / DEMO_TASK_FOLDER / "test.json"
     records = demo_records("test", n=cfg.eval.limit or 200, seed=cfg.train.seed)
     text = json.dumps(records, indent=1)
     if not target.is_file() or target.read_text() != text:
@@ -117,9 +78,7 @@ def prepare_demo_eval_data(cfg: RunConfig) -> RunConfig:
         tmp = target.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(target)
-    cfg = cfg.model_copy(deep=True)
-    cfg.eval.data_dir = str(target.parent.parent)
-    return cfg
+    return with_demo_eval_dir(cfg)
 
 
 def select_stages(from_stage: str | None, until: str | None) -> list[str]:
@@ -133,38 +92,129 @@ def select_stages(from_stage: str | None, until: str | None) -> list[str]:
     return list(STAGES[first : last + 1])
 
 
-def run_pipeline(cfg: RunConfig, stages: list[str], overwrite: bool = False,
+@dataclass
+class Step:
+    """What `run` will do with one stage, decided before anything runs."""
+    stage: str
+    out: Path
+    action: str  # "run" | "resume" | "skip"
+    existing: Manifest | None = None
+
+
+def plan_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False) -> tuple[list[Step], list[str]]:
+    """Which stages run, resume or are skipped (up to date), from manifests alone (no checksums); problems:
+    a missing parent artifact, or an artifact made with another config without --overwrite."""
+    steps: list[Step] = []
+    problems: list[str] = []
+    decided: dict[str, Step] = {}
+    for name in names:
+        stage, out = stages.get(name), stage_dir(cfg, name)
+        parent, parent_pending = None, False
+        if stage.parent:
+            before = decided.get(stage.parent)
+            if before is not None and before.action != "skip":
+                parent_pending = True
+            elif before is not None:
+                parent = before.existing
+            elif not is_artifact(stage_dir(cfg, stage.parent)):
+                problems.append(f"stage {name} needs {stage_dir(cfg, stage.parent)}; run `--from {stage.parent}` first")
+                parent_pending = True  # so the checks below do not repeat it
+            else:
+                try:
+                    parent = read_manifest(stage_dir(cfg, stage.parent), stage=ARTIFACT_STAGE[stage.parent], verify=False)
+                except UserError as e:
+                    problems.append(str(e))
+                    parent_pending = True
+        step = Step(name, out, "resume" if partial_dir(out).exists() else "run")
+        if is_artifact(out):
+            try:
+                existing = read_manifest(out, stage=stage.artifact, verify=False)
+            except UserError as e:
+                problems.append(str(e))
+                existing = None
+            if existing is not None and not parent_pending and is_current(name, existing, cfg, parent):
+                step = Step(name, out, "skip", existing)
+            elif existing is not None and not overwrite and not parent_pending:  # else: known once its parent ran
+                problems.append(f"{out} was made with another config or from another {stage.parent or 'model'}; "
+                                f"pass --overwrite to re-run {name}, or set another output_dir")
+        decided[name] = step
+        steps.append(step)
+    return steps, problems
+
+
+def with_demo_eval_dir(cfg: RunConfig) -> RunConfig:
+    """``cfg`` as the stages see it once ``prepare_demo_eval_data`` has run (nothing written here)."""
+    target = demo_eval_file(cfg)
+    if target is None:
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    cfg.eval.data_dir = str(target.parent.parent)
+    return cfg
+
+
+def _checked_config(cfg: RunConfig) -> RunConfig:
+    """The config the preflight checks: the demo task's file is made by the run itself, so it is not
+    required to exist yet."""
+    if demo_eval_file(cfg) is None:
+        return cfg
+    cfg = with_demo_eval_dir(cfg)
+    cfg.eval.tasks = [t for t in cfg.eval.tasks if t.lower() not in ("demo_arith", "st_demo_arith")]
+    return cfg
+
+
+def preflight_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False) -> tuple[list[Step], dict, list[str]]:
+    """(steps, plans of the stages that will run, every problem): what `run` and `run --dry-run` check
+    before any stage starts."""
+    steps, problems = plan_pipeline(with_demo_eval_dir(cfg), names, overwrite)
+    to_run = [s for s in steps if s.action != "skip"]
+    made_here = {s.stage for s in to_run}
+    checks = []
+    for step in to_run:
+        parent = stages.get(step.stage).parent
+        inputs = (str(stage_dir(cfg, parent)),) if parent else ()
+        # an input made earlier in this run, or missing (plan_pipeline said so), is not checked again
+        pending = parent in made_here or bool(parent and not is_artifact(inputs[0]))
+        checks.append((stages.get(step.stage), stages.Job(step.out, overwrite=overwrite, resume=step.action == "resume",
+                                                          inputs=inputs, pending=pending, check_output=False)))
+    plans, found = preflight.collect(checks, _checked_config(cfg))
+    return steps, dict(zip((s.stage for s in to_run), plans)), preflight.unique(problems + found)
+
+
+def run_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False,
                  on_stage: Callable[[str], None] | None = None) -> list[StageReport]:
+    _, _, problems = preflight_pipeline(cfg, names, overwrite)
+    if problems:
+        raise PreflightError(problems)
     cfg = prepare_demo_eval_data(cfg)
     reports: list[StageReport] = []
-    for stage in stages:
-        out = stage_dir(cfg, stage)
-        parent_stage = PARENT_STAGE[stage]
+    for name in names:
+        stage = stages.get(name)
+        out = stage_dir(cfg, name)
         parent = None
-        if parent_stage:
-            parent_path = stage_dir(cfg, parent_stage)
+        if stage.parent:
+            parent_path = stage_dir(cfg, stage.parent)
             if not is_artifact(parent_path):
-                raise UserError(f"stage {stage} needs {parent_path}; run `--from {parent_stage}` first")
-            parent = read_manifest(parent_path, stage=ARTIFACT_STAGE[parent_stage])
+                raise UserError(f"stage {name} needs {parent_path}; run `--from {stage.parent}` first")
+            parent = read_manifest(parent_path, stage=ARTIFACT_STAGE[stage.parent])
         if on_stage:
-            on_stage(stage)
+            on_stage(name)
         if is_artifact(out):
-            existing = read_manifest(out, stage=ARTIFACT_STAGE[stage])
-            if is_current(stage, existing, cfg, parent):
-                log.info("%s: %s is up to date, skipping", stage, out)
-                reports.append(StageReport(stage, "skipped", out, 0.0, headline(stage, existing)))
+            existing = read_manifest(out, stage=stage.artifact)
+            if is_current(name, existing, cfg, parent):
+                log.info("%s: %s is up to date, skipping", name, out)
+                reports.append(StageReport(name, "skipped", out, 0.0, stage.headline(existing)))
                 continue
             if not overwrite:
-                raise UserError(f"{out} was made with another config or from another {parent_stage or 'model'}; "
-                                f"pass --overwrite to re-run {stage}, or set another output_dir")
+                raise UserError(f"{out} was made with another config or from another {stage.parent or 'model'}; "
+                                f"pass --overwrite to re-run {name}, or set another output_dir")
         resume = partial_dir(out).exists()
         if resume:
-            log.info("%s: resuming the interrupted run in %s", stage, partial_dir(out))
+            log.info("%s: resuming the interrupted run in %s", name, partial_dir(out))
         start = time.perf_counter()
-        path = RUNNERS[stage](cfg, out, parent, resume, overwrite)
-        manifest = read_manifest(path, stage=ARTIFACT_STAGE[stage], verify=False)
-        reports.append(StageReport(stage, "resumed" if resume else "ran", Path(path),
-                                   time.perf_counter() - start, headline(stage, manifest)))
+        path = stage.run(cfg, stages.Job(out, overwrite=overwrite, resume=resume), parent)
+        manifest = read_manifest(path, stage=stage.artifact, verify=False)
+        reports.append(StageReport(name, "resumed" if resume else "ran", Path(path),
+                                   time.perf_counter() - start, stage.headline(manifest)))
     return reports
 
 
@@ -172,28 +222,7 @@ def run_pipeline(cfg: RunConfig, stages: list[str], overwrite: bool = False,
 
 def headline(stage: str, manifest: Manifest) -> dict:
     """The few numbers a person wants from each stage."""
-    r = manifest.results or {}
-    if stage == "compress":
-        s = r.get("summary", {})
-        return {k: s[k] for k in ("layers", "mean_rel_error", "max_rel_error") if k in s} | (
-            {"wall_s": r["wall_seconds"]} if "wall_seconds" in r else {})
-    if stage == "finetune":
-        keys = ("steps", "first_loss", "final_loss", "eval_loss", "trainable_params", "tokens_per_s")
-        return {k: r[k] for k in keys if k in r}
-    if stage == "eval":
-        return _eval_scores(r)
-    if stage == "export":
-        return {k: r[k] for k in ("format", "dtype") if k in r} | (
-            {"bytes": r["sizes"].get("export_bytes")} if isinstance(r.get("sizes"), dict) else {})
-    return {}
-
-
-def _eval_scores(results: dict) -> dict:
-    models = results.get("models") or []
-    if models and isinstance(models[0], dict):
-        scores = models[0].get("scores") or {}
-        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in scores.items()}
-    return {}
+    return stages.get(stage).headline(manifest)
 
 
 def summary_rows(reports: list[StageReport]) -> list[tuple[str, str, str, str, str]]:

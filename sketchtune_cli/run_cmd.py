@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from .config import RunConfig, dump_yaml, load_config
-from .run import STAGES, run_pipeline, select_stages, summary_rows
+from .errors import PreflightError, UserError
+from .run import STAGES, preflight_pipeline, run_pipeline, select_stages, summary_rows
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ Examples:
 
   sketchtune run --config demo                                  # the embedded model, CPU, minutes
 
-  sketchtune run --config math --dry-run                        # plan + sizes for llama-3-8b, offline
+  sketchtune run --config math --dry-run                        # check every input; plan + sizes, no weights
 
   sketchtune run --config math eval.data_dir=/data/llm-adapters compress.groups_per_row=8
 
@@ -28,57 +29,37 @@ Examples:
 """
 
 
-def dry_run_report(cfg: RunConfig) -> dict:
-    """What the run will do and need, from the config alone (no weights loaded)."""
-    from .estimate import estimate_sketch, training_memory_bytes
-    from .models import load_model_config, meta_model
+def dry_run_report(cfg: RunConfig, stages: list[str] | None = None, overwrite: bool = False) -> tuple[dict, list[str]]:
+    """What the run will do and need, and every problem it would hit: the same preflight `run` does (no
+    weights loaded). The numbers come from each stage's plan; all stages are planned, skipped ones too."""
+    from . import stages as stage_api
 
-    model_config = load_model_config(cfg.model.name)
-    c = cfg.compress
-    est = estimate_sketch(meta_model(model_config), cfg.model.name, c.bits, c.groups_per_row, c.targets, c.ignore)
-    memory = training_memory_bytes(est, model_config, cfg.train.micro_batch_size, cfg.data.max_seq_len,
-                                   cfg.train.gradient_checkpointing)
-    records = count_records(cfg)
-    steps = None
-    if cfg.train.max_steps:
-        steps = cfg.train.max_steps
-    elif records is not None:
-        steps = int(records * cfg.train.epochs // cfg.train.batch_size)
-    return {
+    names = list(stages or STAGES)
+    steps, plans, problems = preflight_pipeline(cfg, names, overwrite)
+    for name in STAGES:
+        if name in plans:
+            continue
+        try:
+            plans[name] = stage_api.get(name).plan(cfg, stage_api.Job(Path(cfg.output_dir) / name, pending=True))
+        except UserError:
+            plans[name] = {}  # its cause is among the problems
+    compress, finetune = plans["compress"], plans["finetune"]
+    report = {
         "model": cfg.model.name,
         "output_dir": cfg.output_dir,
         "stages": {s: str(Path(cfg.output_dir) / s) for s in STAGES},
-        "sketch": est.to_dict(),
-        "trainable_params": est.trainable_params,
-        "base_model_bytes": est.base_model_bytes,
-        "finetune_memory_bytes_rough": memory,
-        "calibration_tokens": c.num_samples * c.seq_len,
-        "train_records": records,
-        "optimizer_steps": steps,
+        "actions": {step.stage: step.action for step in steps},
+        "sketch": compress.get("sketch"),
+        "trainable_params": compress.get("trainable_params"),
+        "base_model_bytes": compress.get("base_model_bytes"),
+        "finetune_memory_bytes_rough": finetune.get("finetune_memory_bytes_rough"),
+        "calibration_tokens": compress.get("calibration_tokens"),
+        "train_records": finetune.get("train_records"),
+        "optimizer_steps": finetune.get("optimizer_steps"),
+        "artifact_bytes": {name: plans[name].get("artifact_bytes") for name in STAGES},
+        "problems": problems,
     }
-
-
-KNOWN_SIZES = {"math_10k.json": 9919, "commonsense_170k.json": 170420}
-
-
-def count_records(cfg: RunConfig) -> int | None:
-    """Training records, when knowable offline: a local file, the demo generator, or a known dataset."""
-    path = cfg.data.path
-    if path is None:
-        return None
-    if path == "demo":
-        from .finetune.data import DEMO_SIZES
-
-        n = cfg.data.limit or DEMO_SIZES["train"]
-    elif Path(path).is_file():
-        text = Path(path).read_text()
-        n = len(json.loads(text)) if text.lstrip().startswith("[") else sum(1 for ln in text.splitlines() if ln.strip())
-    else:
-        n = KNOWN_SIZES.get(Path(path).name)
-        if n is None:
-            return None
-    n = min(n, cfg.data.limit) if cfg.data.limit else n
-    return int(n * (1 - cfg.data.val_fraction))
+    return report, problems
 
 
 def _print_dry_run(cfg: RunConfig, report: dict) -> None:
@@ -94,18 +75,23 @@ def _print_dry_run(cfg: RunConfig, report: dict) -> None:
     table.add_column("what")
     table.add_column("value", justify="right")
     sk = report["sketch"]
-    table.add_row("sketched layers", f"{sk['sketched_layers']}")
-    table.add_row("trainable params (LUTs)", f"{report['trainable_params']:,}")
-    table.add_row("base model (sketch)", human_bytes(report["base_model_bytes"]))
-    table.add_row("dense model (bf16)", human_bytes(sk["dense_model_bytes"]))
-    table.add_row("bits per sketched weight", f"{sk['bits_per_weight']:.3f}")
-    table.add_row("calibration tokens", f"{report['calibration_tokens']:,}")
-    table.add_row("training records", "unknown (remote data)" if report["train_records"] is None else f"{report['train_records']:,}")
+    if sk:
+        table.add_row("sketched layers", f"{sk['sketched_layers']}")
+        table.add_row("trainable params (LUTs)", f"{report['trainable_params']:,}")
+        table.add_row("base model (sketch)", human_bytes(report["base_model_bytes"]))
+        table.add_row("dense model (bf16)", human_bytes(sk["dense_model_bytes"]))
+        table.add_row("bits per sketched weight", f"{sk['bits_per_weight']:.3f}")
+    table.add_row("calibration tokens", f"{report['calibration_tokens'] or 0:,}")
+    table.add_row("training records", "unknown (see the problems)" if report["train_records"] is None else f"{report['train_records']:,}")
     table.add_row("optimizer steps", "unknown" if report["optimizer_steps"] is None else f"{report['optimizer_steps']:,}")
     mem = report["finetune_memory_bytes_rough"]
-    table.add_row("fine-tune memory per device (rough)", human_bytes(mem["total"]))
-    for part in ("base_model", "lut_grads_and_adam", "activations", "logits"):
-        table.add_row(f"  {part}", human_bytes(mem[part]))
+    if mem:
+        table.add_row("fine-tune memory per device (rough)", human_bytes(mem["total"]))
+        for part in ("base_model", "lut_grads_and_adam", "activations", "logits"):
+            table.add_row(f"  {part}", human_bytes(mem[part]))
+    for stage, action in report["actions"].items():
+        size = report["artifact_bytes"].get(stage)
+        table.add_row(f"{stage}: {action}", human_bytes(size) if size else "")
     console.print(table)
 
 
@@ -124,7 +110,7 @@ def _print_summary(rows) -> None:
 def run_command(
     overrides: Optional[List[str]] = typer.Argument(None, help="section.key=value overrides"),
     config: str = typer.Option(..., "--config", "-c", help="YAML config file or bundled config name (demo, math, commonsense)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved config and estimates; load no weights"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check every input and print the resolved config and estimates; load no weights"),
     from_stage: Optional[str] = typer.Option(None, "--from", help=f"first stage to run ({', '.join(STAGES)})"),
     until: Optional[str] = typer.Option(None, "--until", help="last stage to run"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace artifacts made with another config (up-to-date ones are still skipped)"),
@@ -135,11 +121,13 @@ def run_command(
     cfg = load_config(config, overrides)
     stages = select_stages(from_stage, until)
     if dry_run:
-        report = dry_run_report(cfg)
+        report, problems = dry_run_report(cfg, stages, overwrite)
         report["would_run"] = stages
         _print_dry_run(cfg, report)
         if as_json:
             typer.echo(json.dumps(report, indent=2, default=str))
+        if problems:
+            raise PreflightError(problems)
         return
     reports = run_pipeline(cfg, stages, overwrite=overwrite,
                            on_stage=lambda s: log.info("== stage %s ==", s))

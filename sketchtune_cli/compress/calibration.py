@@ -81,6 +81,18 @@ def calibration_texts(source: str, seed: int, char_budget: int) -> list[str]:
     return _take_chars(docs, char_budget)
 
 
+def calib_problems(compress) -> list[str]:
+    """Preflight of the calibration source without a tokenizer: a file must exist and hold text records.
+    Hugging Face datasets are not fetched here (the full check comes with data-by-URL support)."""
+    source = compress.calib
+    try:
+        if source != "builtin" and _looks_like_file(source):
+            calibration_texts(source, compress.seed, compress.num_samples * compress.seq_len * CHARS_PER_TOKEN_BUDGET)
+    except UserError as e:
+        return [str(e)]
+    return []
+
+
 def _looks_like_file(source: str) -> bool:
     p = Path(source).expanduser()
     if p.suffix.lower() in LOCAL_SUFFIXES:

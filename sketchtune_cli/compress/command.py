@@ -46,8 +46,11 @@ def compress_command(
 ):
     """Compress a model into fine-tunable sketches (LUTs + frozen codes), calibrated layer by layer."""
     from ..config import load_config
+    from .. import preflight
+    from ..stages import Job
     from .distributed import env_rank
-    from .stage import run_compress
+    from .interface import STAGE
+    from .stage import default_output, run_compress
 
     overrides = list(overrides or [])
     if model and "=" in model:  # `sketchtune compress --config x compress.bits=3`: no model, only overrides
@@ -57,6 +60,9 @@ def compress_command(
               "compress.calib": calib, "compress.num_samples": num_samples, "compress.seq_len": seq_len,
               "compress.device": device, "compress.offload_activations": offload_activations or None}
     cfg = load_config(config, overrides, values=values)
+    c = cfg.compress
+    output = output or default_output(cfg.model.name, c.bits, c.groups_per_row)
+    preflight.require([(STAGE, Job(Path(output), overwrite=overwrite, resume=resume))], cfg)
     out = run_compress(cfg, output, resume=resume, overwrite=overwrite, plot=plot)
     if env_rank() == 0:  # one path on stdout even with several processes
         typer.echo(str(out))

@@ -18,19 +18,17 @@ import torch
 
 from ..artifacts import check_output, partial_dir, write_artifact
 from ..errors import UserError
-from ..config import RunConfig, config_hash
+from ..config import RunConfig
 from ..models import load_model, torch_dtype
 from ..sketch import find_target_linears, replace_with_sketches, save_sketch
 from . import distributed
 from .calibration import load_calibration
 from .checkpoint import CHECKPOINT_DIR, check_resumable
+from .interface import STAGE
 from .pipeline import check_targets, compress_model, resolve_device
 from .reporting import PLOT_NAME, LayerProgress, plot_errors, print_summary, summarize
 
 log = logging.getLogger(__name__)
-
-# Settings that change where or how fast compress runs, not what it computes: a resume may change them.
-RESUME_FREE = {"compress": ("device", "offload_activations")}
 
 
 def default_output(model_name: str, bits: int, groups_per_row: int) -> Path:
@@ -40,12 +38,9 @@ def default_output(model_name: str, bits: int, groups_per_row: int) -> Path:
 
 
 def resume_hash(config: dict) -> str:
-    """Hash of the settings a checkpoint depends on (everything but RESUME_FREE)."""
-    trimmed = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
-    for section, keys in RESUME_FREE.items():
-        for key in keys:
-            trimmed.get(section, {}).pop(key, None)
-    return config_hash(trimmed)
+    """Hash of the settings a checkpoint depends on: the stage's fingerprint (its result-free keys, which a
+    resume may change, left out), the same one `sketchtune run` compares."""
+    return STAGE.fingerprint(config)
 
 
 def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bool = False,

@@ -76,12 +76,16 @@ def eval_command(
     log_samples: Optional[bool] = typer.Option(None, "--log-samples/--no-log-samples", help="save every prompt, output and score [eval.log_samples]"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="eval artifact directory [default: <output_dir>/eval]"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
+    base: Optional[str] = typer.Option(None, "--base", help="base sketch of the fine-tunes / lut-only exports, when it moved on its own (checked by content hash)"),
     as_json: bool = typer.Option(False, "--json", help="print the scores as JSON on stdout instead of the path"),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config file or bundled config name"),
 ):
     from . import report
+    from .interface import STAGE
     from .pipeline import run_eval
+    from .. import preflight
     from ..errors import UserError
+    from ..stages import Job
 
     specs, overrides = split_args(args)
     if not specs:
@@ -91,7 +95,8 @@ def eval_command(
               "eval.chat_template": chat_template, "eval.log_samples": log_samples}
     cfg = load_config(config, overrides, values)
     out = output or Path(cfg.output_dir) / "eval"
-    outcome = run_eval(specs, cfg, out, overwrite=overwrite)
+    preflight.require([(STAGE, Job(out, overwrite=overwrite, inputs=tuple(specs), base=base))], cfg)
+    outcome = run_eval(specs, cfg, out, overwrite=overwrite, base=base)
     if outcome.path is None:  # a data-parallel worker: rank 0 reports
         return
     report.print_table(outcome.models)

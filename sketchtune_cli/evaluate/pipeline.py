@@ -45,12 +45,12 @@ def _options(cfg: RunConfig) -> runner.RunOptions:
                              chat_template=e.chat_template, log_samples=e.log_samples)
 
 
-def evaluate_one(spec: str, tasks: list[str], task_manager, cfg: RunConfig) -> Evaluated:
+def evaluate_one(spec: str, tasks: list[str], task_manager, cfg: RunConfig, base: str | None = None) -> Evaluated:
     """Build one model (sketch, fine-tune, export or plain model) and run lm-eval on it."""
     from ..loading import load_any
 
     dtype = None if cfg.model.dtype == "auto" else cfg.model.dtype
-    loaded = load_any(spec, device=runner.eval_device(), dtype=dtype)
+    loaded = load_any(spec, device=runner.eval_device(), dtype=dtype, base=base)
     log.info("evaluating %s (%s) on %s", loaded.label, loaded.kind, ", ".join(tasks))
     lm = runner.make_lm(loaded.model, loaded.tokenizer, cfg.eval.batch_size)
     results = runner.run_lm_eval(lm, tasks, task_manager, _options(cfg))
@@ -68,7 +68,7 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_eval(specs: list[str], cfg: RunConfig, out: Path, overwrite: bool = False) -> EvalOutcome:
+def run_eval(specs: list[str], cfg: RunConfig, out: Path, overwrite: bool = False, base: str | None = None) -> EvalOutcome:
     sel = registry.select(cfg.eval.tasks, have_data_dir=data_dir_of(cfg) is not None)
     registry.check_data(sel.paper, data_dir_of(cfg))
     main = runner.distributed_state().is_main_process
@@ -79,7 +79,7 @@ def run_eval(specs: list[str], cfg: RunConfig, out: Path, overwrite: bool = Fals
         taskgen.write_task_dir(Path(tmp), sel.paper, groups, data_dir_of(cfg) or ".", cfg.eval.max_new_tokens)
         task_manager = runner.make_task_manager(tmp, sel.harness)
         runner.check_harness_tasks(task_manager, sel.harness)
-        evaluated = [evaluate_one(s, sel.requested, task_manager, cfg) for s in specs]
+        evaluated = [evaluate_one(s, sel.requested, task_manager, cfg, base) for s in specs]
     if not main:
         return EvalOutcome(None)
     return write_eval_artifact(evaluated, cfg, out, overwrite, data_files(sel.paper, data_dir_of(cfg)))

@@ -125,3 +125,38 @@ def check_data(paper: list[str], data_dir: str | Path | None) -> None:
         path = PAPER_TASKS[name].data_file(data_dir)
         if not path.is_file():
             raise UserError(f"task {name}: data file {path} not found (expected <data-dir>/{PAPER_TASKS[name].folder}/test.json)")
+
+
+def task_problems(tasks: list[str], data_dir: str | None) -> list[str]:
+    """Preflight of ``eval.tasks``: every name known, every paper task's file present (one line each).
+    lm-eval's own tasks are looked up in its index only when some are asked for (indexing is slow)."""
+    try:
+        sel = select(tasks, have_data_dir=data_dir is not None)
+    except UserError as e:
+        return [str(e)]
+    # st_* is this project's namespace: a name there that is not ours is unknown without asking lm-eval
+    ours = [n for n in sel.harness if n.lower().startswith("st_")]
+    problems = [f"unknown task {n!r}: not a bundled paper-protocol task ({', '.join(sorted(PAPER_TASKS)[:3])}, ...; "
+                "see `sketchtune eval --help`)" for n in ours]
+    if sel.paper and data_dir is None:
+        problems.append(f"tasks {', '.join(sel.paper)} need LLM-Adapters test files: pass --data-dir DIR "
+                        "(DIR/<Dataset>/test.json), set eval.data_dir or $SKETCHTUNE_DATA")
+    elif sel.paper:
+        for name in sel.paper:
+            try:
+                check_data([name], data_dir)
+            except UserError as e:
+                problems.append(str(e))
+    harness = [n for n in sel.harness if n not in ours]
+    if harness:
+        problems += harness_task_problems(harness)
+    return problems
+
+
+def harness_task_problems(names: list[str]) -> list[str]:
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager(include_defaults=True).all_tasks)
+    return [f"unknown task {name!r}: neither a bundled paper-protocol task (st_*, math, commonsense; see "
+            "`sketchtune eval --help`) nor an lm-eval task (`lm-eval ls tasks` lists those)"
+            for name in names if name not in known]

@@ -32,15 +32,20 @@ def export_command(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32 (default bf16)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config file or bundled config name"),
+    base: Optional[str] = typer.Option(None, "--base", help="the fine-tune's base sketch, when it moved on its own (checked by content hash)"),
     evals: Optional[List[Path]] = typer.Option(None, "--eval", help="eval artifact whose scores go in the model card (repeatable)"),
 ):
     """Export a sketch or fine-tune as a plain HF checkpoint, a packed HF sketch, or LUTs only."""
+    from .. import preflight
     from ..config import load_config
+    from ..stages import Job
+    from .interface import STAGE
     from .run import export_artifact
 
     cfg = load_config(config, overrides, values={"export.format": fmt, "export.dtype": dtype})
+    preflight.require([(STAGE, Job(output, overwrite=overwrite, inputs=(str(artifact),), base=base))], cfg)
     manifest = export_artifact(artifact, output, cfg.export, overwrite=overwrite, eval_artifacts=evals or [],
-                               config=cfg.section_dict("export"))
+                               config=cfg.section_dict("export"), base=base)
     typer.echo(str(manifest.path))
 
 

@@ -19,9 +19,10 @@ def export_format(manifest: Manifest) -> str:
     return fmt
 
 
-def load_export(manifest: Manifest, device: str = "cpu", dtype: torch.dtype | None = None):
+def load_export(manifest: Manifest, device: str = "cpu", dtype: torch.dtype | None = None, base=None):
     """``(model, tokenizer)`` in eval mode on ``device``; ``dtype`` None keeps the exported dtype.
-    A lut-only export loads its base sketch (found by its recorded path, checked by content hash)."""
+    A lut-only export loads its base sketch (found by its recorded path, or ``base`` if given; checked by
+    content hash)."""
     path = Path(manifest.path)
     fmt = export_format(manifest)
     if fmt == "hf-dense":
@@ -31,7 +32,7 @@ def load_export(manifest: Manifest, device: str = "cpu", dtype: torch.dtype | No
         return model.to(device).eval(), load_tokenizer_if_any(path)
     if fmt == "hf-sketch":
         return load_sketch(path, device=device, dtype=dtype), load_tokenizer_if_any(path)
-    base = base_sketch_of(path)
+    base = base_sketch_of(path, base)
     model = load_sketch(base.path, device=device, dtype=dtype)
     try:
         load_luts(model, read_adapter_luts(path, device))

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..artifacts import Manifest, is_artifact, read_manifest
+from ..artifacts import Manifest, parent_ref, resolve_ref
 from ..errors import UserError
 from ..loading import LUT_ADAPTER
 
@@ -22,7 +22,8 @@ def write_lut_adapter(directory: Path, luts: dict[str, torch.Tensor], base: Mani
     save_file({k: v.contiguous().cpu() for k, v in luts.items()}, directory / LUT_ADAPTER, metadata={"format": "pt"})
     config = {
         "format": ADAPTER_FORMAT,
-        "base_sketch": {"path": str(Path(base.path).resolve()), "content_hash": base.content_hash},
+        # path relative to the adapter (the .partial directory is the final one's sibling: same relative path)
+        "base_sketch": parent_ref(base, directory),
         "bits": qcfg["bits"],
         "groups_per_row": qcfg["groups_per_row"],
         "lut_dtype": str(next(iter(luts.values())).dtype).removeprefix("torch."),
@@ -46,13 +47,7 @@ def read_adapter_config(directory: str | Path) -> dict:
 def base_sketch_of(adapter_dir: str | Path, base_path: str | Path | None = None) -> Manifest:
     """The adapter's base sketch (at its recorded path unless ``base_path`` is given), verified by hash."""
     config = read_adapter_config(adapter_dir)
-    want = config["base_sketch"]
-    path = Path(base_path or want["path"])
-    if not is_artifact(path):
-        raise UserError(f"{adapter_dir}: its base sketch {path} is gone; restore it or pass the base sketch explicitly")
-    base = read_manifest(path, stage="sketch")
-    check_base_hash(adapter_dir, config, base.content_hash)
-    return base
+    return resolve_ref(config["base_sketch"], adapter_dir, what="base sketch", stage="sketch", override=base_path)
 
 
 def check_base_hash(adapter_dir, config: dict, content_hash: str) -> None:

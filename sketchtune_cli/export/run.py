@@ -19,12 +19,14 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def export_artifact(source: str | Path, out: str | Path, settings: ExportSettings, overwrite: bool = False,
-                    eval_artifacts: list[str | Path] = (), config: dict | None = None) -> Manifest:
-    """Write ``settings.format`` of ``source`` (sketch or fine-tune artifact) to ``out``."""
+                    eval_artifacts: list[str | Path] = (), config: dict | None = None,
+                    base: str | Path | None = None) -> Manifest:
+    """Write ``settings.format`` of ``source`` (sketch or fine-tune artifact) to ``out``; ``base`` re-points
+    a fine-tune at a base sketch that moved on its own."""
     out = Path(out)
     check_output(out, overwrite)  # fail before the (slow) load
     manifest = read_manifest(source, stage=("sketch", "finetune"))
-    base = manifest if manifest.stage == "sketch" else parent_of(manifest, "sketch")
+    base = manifest if manifest.stage == "sketch" else parent_of(manifest, "sketch", base)
     evals = _eval_manifests(manifest, eval_artifacts)
     model, tokenizer = _load_source(manifest, base)
     _, base_qcfg = read_sketch_config(base.path)

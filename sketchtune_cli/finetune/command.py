@@ -1,6 +1,7 @@
 """`sketchtune finetune`: train only the LUTs of a sketch; prints the fine-tune artifact path."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -43,10 +44,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from accelerate.state import PartialState
 
+        from .. import preflight
         from ..config import load_config
-        from .stage import run_finetune
+        from ..stages import Job
+        from .interface import STAGE
+        from .stage import default_output, run_finetune
 
         cfg = load_config(config, overrides or [], values={"train.base": base, "data.path": data, "train.max_steps": max_steps})
-        path = run_finetune(cfg, output, resume=resume, overwrite=overwrite)
+        out = Path(output) if output else default_output(cfg)
+        preflight.require([(STAGE, Job(out, overwrite=overwrite, resume=resume))], cfg)
+        path = run_finetune(cfg, out, resume=resume, overwrite=overwrite)
         if PartialState().is_main_process:
             print(path)

@@ -100,6 +100,51 @@ def check_records(records: list, source: str) -> None:
             raise UserError(f"{source}: record {i} field 'input' is not a string")
 
 
+PROBLEM_CAP = 10  # record problems listed one by one; the rest are counted
+
+
+def capped(problems: list[str], cap: int = PROBLEM_CAP) -> list[str]:
+    return problems if len(problems) <= cap else problems[:cap] + [f"... and {len(problems) - cap} more"]
+
+
+def record_problems(records: list, source: str) -> list[str]:
+    """Every malformed record of ``records``, one line each (``check_records`` stops at the first)."""
+    if not records:
+        return [f"{source} holds no records"]
+    problems = []
+    for i, rec in enumerate(records):
+        try:
+            check_records([rec], source)
+        except UserError as e:
+            problems.append(str(e).replace("record 0 ", f"record {i} ", 1))
+    return problems
+
+
+def data_problems(data) -> tuple[int | None, list[str]]:
+    """Preflight of a ``data:`` section without a tokenizer: (records the run would use after ``limit``, or
+    None if unreadable; every problem, capped)."""
+    if not data.path:
+        return None, ["no training data: set data.path (a .json/.jsonl file, a dataset name, or demo) or pass --data"]
+    count, problems = None, []
+    try:
+        records = read_records(data.path, "train", data.limit)
+        count = len(records)
+        problems += capped(record_problems(records, data.path))
+    except UserError as e:
+        problems.append(str(e))
+    if data.val_path:
+        try:
+            problems += capped(record_problems(read_records(data.val_path, "test", data.val_limit), data.val_path))
+        except UserError as e:
+            problems.append(str(e))
+    return count, problems
+
+
+def held_out_count(n: int, fraction: float) -> int:
+    """Records ``_split`` holds out for validation."""
+    return max(1, round(n * fraction)) if fraction > 0 and n else 0
+
+
 # ---- rendering and tokenizing ------------------------------------------------------------------------
 
 def render(record: dict, template: str, tokenizer) -> tuple[str, str]:
@@ -156,7 +201,7 @@ def tokenize_records(records: list[dict], tokenizer, template: str, max_seq_len:
 def _split(records: list, fraction: float, seed: int) -> tuple[list, list]:
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(records) * fraction))
+    n_val = held_out_count(len(records), fraction)
     val_idx = set(order[:n_val])
     return [r for i, r in enumerate(records) if i not in val_idx], [records[i] for i in sorted(val_idx)]
 

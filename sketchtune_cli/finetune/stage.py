@@ -23,13 +23,11 @@ from ..loading import LUT_ADAPTER, load_sketch_artifact
 from ..models import torch_dtype
 from . import checkpoint as ckpt
 from .data import build_datasets
+from .interface import STAGE
 from .metrics import LOSS_PLOT, plot_losses
 from .trainer import Trainer, make_accelerator
 
 log = logging.getLogger(__name__)
-
-# train keys that change only logging/bookkeeping: a resumed run may change them.
-RESUME_FREE_KEYS = ("save_every", "eval_every", "log_every", "trackers")
 
 
 def resolve_base(cfg) -> Manifest:
@@ -52,8 +50,9 @@ def run_config(cfg, base: Manifest) -> dict:
 
 
 def fingerprint(sections: dict, base: Manifest) -> str:
-    """What must not change between an interrupted run and its resume: data, training recipe, base."""
-    train = {k: v for k, v in sections["train"].items() if k not in RESUME_FREE_KEYS}
+    """What must not change between an interrupted run and its resume: data, training recipe, base (by its
+    content hash; its path may change)."""
+    train = STAGE.results_config(sections)["train"]
     blob = json.dumps({"data": sections["data"], "train": train, "base": base.content_hash,
                        "model_dtype": sections["model"]["dtype"]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

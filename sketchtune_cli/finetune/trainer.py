@@ -175,15 +175,24 @@ class Plan:
     total_steps: int
 
 
+def batch_problems(train, world: int) -> list[str]:
+    if train.batch_size % (train.micro_batch_size * world):
+        return [f"train.batch_size={train.batch_size} must be a multiple of train.micro_batch_size x processes "
+                f"= {train.micro_batch_size} x {world}"]
+    return []
+
+
+def optimizer_steps(train, n_examples: int | None) -> int:
+    """Optimizer steps of a run over ``n_examples`` (the last, partial batch counts): the trainer's plan and
+    `sketchtune run --dry-run` both ask here."""
+    return train.max_steps or max(1, math.ceil(train.epochs * n_examples / train.batch_size))
+
+
 def make_plan(train, n_examples: int, world: int) -> Plan:
-    per_step = train.micro_batch_size * world
-    if train.batch_size % per_step:
-        raise UserError(
-            f"train.batch_size={train.batch_size} must be a multiple of train.micro_batch_size x processes "
-            f"= {train.micro_batch_size} x {world}"
-        )
-    total = train.max_steps or max(1, math.ceil(train.epochs * n_examples / train.batch_size))
-    return Plan(train.batch_size, train.micro_batch_size, world, train.batch_size // per_step, total)
+    for problem in batch_problems(train, world):
+        raise UserError(problem)
+    total = optimizer_steps(train, n_examples)
+    return Plan(train.batch_size, train.micro_batch_size, world, train.batch_size // (train.micro_batch_size * world), total)
 
 
 def make_optimizer(params: list, train, total_steps: int):

@@ -62,8 +62,25 @@ def test_run_all_stages_then_skip(capsys, tiny_run_config):
     assert [(r["stage"], r["status"]) for r in json.loads(stdout)] == [("compress", "skipped"), ("finetune", "ran")]
 
 
-def test_dry_run_math_offline(capsys):
-    code, stdout, err = run_cli(capsys, "run", "--config", "math", "--dry-run", "--json")
+def math_shaped_inputs(root, n=37):
+    """A Math10K-shaped training file of ``n`` records and a data dir with a gsm8k test file."""
+    train = root / "math_10k.json"
+    train.write_text(json.dumps([{"instruction": f"What is {i} + 1?", "input": "", "output": f"{i + 1}"}
+                                 for i in range(n)]))
+    (root / "la" / "gsm8k").mkdir(parents=True)
+    (root / "la" / "gsm8k" / "test.json").write_text(json.dumps([{"instruction": "1+1?", "answer": "2"}]))
+    return train, root / "la"
+
+
+def test_dry_run_math_offline(capsys, tmp_path, monkeypatch):
+    # local inputs: offline, the bundled URL is itself a problem the dry-run reports (test_preflight.py)
+    from sketchtune_cli import preflight
+
+    monkeypatch.setattr(preflight, "free_bytes", lambda path: 1 << 50)
+    train, data_dir = math_shaped_inputs(tmp_path)
+    code, stdout, err = run_cli(capsys, "run", "--config", "math", "--dry-run", "--json", f"data.path={train}",
+                                f"eval.data_dir={data_dir}", "eval.tasks=[gsm8k]", "compress.calib=builtin",
+                                f"output_dir={tmp_path / 'runs'}")
     assert code == 0, err
     report = json.loads(stdout)
     assert report["trainable_params"] == 88_080_384 and report["sketch"]["sketched_layers"] == 224

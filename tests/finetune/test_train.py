@@ -170,3 +170,19 @@ def test_resume_checks_config_and_finishes(trained, tiny_base, tmp_path):
     assert code == 0, err
     a, b = load_file(str(out / LUT_ADAPTER)), load_file(str(target / LUT_ADAPTER))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_the_base_moved(trained, tiny_base, tmp_path):
+    """The resume fingerprint pins the base by content hash, not by path: a runs tree that moved resumes."""
+    out, _, _ = trained
+    moved_base = tmp_path / "moved" / "compress"
+    shutil.copytree(tiny_base, moved_base)
+    target = tmp_path / "moved" / "finetune"
+    shutil.copytree(out / "checkpoints", partial_dir(target) / "checkpoints")
+    shutil.copy(out / "metrics.jsonl", partial_dir(target) / "metrics.jsonl")
+    code, _, err = run_cli("finetune", "--base", str(moved_base), "-o", str(target), *FAST, "data.limit=8",
+                           "train.max_steps=8", "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4",
+                           "train.eval_every=4", "--resume")
+    assert code == 0, err
+    a, b = load_file(str(out / LUT_ADAPTER)), load_file(str(target / LUT_ADAPTER))
+    assert all(torch.equal(a[k], b[k]) for k in a)

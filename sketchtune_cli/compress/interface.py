@@ -1,0 +1,43 @@
+"""The compress stage behind ``stages.Stage``: model + calibration -> sketch artifact."""
+from __future__ import annotations
+
+from .. import preflight
+from ..stages import Stage
+from .calibration import calib_problems
+
+SECTIONS = ("model", "compress")
+# Where or how fast compress runs, not what it computes: a resume may change them, `run` ignores them.
+RESULT_FREE = {"compress": ("device", "offload_activations")}
+
+
+def check(cfg, job) -> list[str]:
+    problems = preflight.model_problems(cfg.model.name)
+    if not problems:  # groups_per_row must divide every sketched layer
+        problems += preflight.problem_of(preflight.sketch_estimate, cfg.model.name, cfg.compress)
+    problems += calib_problems(cfg.compress)
+    problems += preflight.device_problems({"compress.device": cfg.compress.device})
+    return problems
+
+
+def plan(cfg, job) -> dict:
+    est = preflight.sketch_estimate(cfg.model.name, cfg.compress)
+    return {"sketch": est.to_dict(), "trainable_params": est.trainable_params,
+            "base_model_bytes": est.base_model_bytes,
+            "calibration_tokens": cfg.compress.num_samples * cfg.compress.seq_len,
+            "artifact_bytes": est.base_model_bytes}
+
+
+def run(cfg, job, parent):
+    from .stage import run_compress
+
+    return run_compress(cfg, job.out, resume=job.resume, overwrite=job.overwrite, plot=cfg.logging.plots)
+
+
+def headline(manifest) -> dict:
+    r = manifest.results or {}
+    s = r.get("summary", {})
+    return {k: s[k] for k in ("layers", "mean_rel_error", "max_rel_error") if k in s} | (
+        {"wall_s": r["wall_seconds"]} if "wall_seconds" in r else {})
+
+
+STAGE = Stage("compress", "sketch", None, SECTIONS, RESULT_FREE, check, plan, run, headline)

@@ -1,0 +1,212 @@
+"""Checks that run before any expensive work: every problem the stages about to run would hit, found from
+the config and the file system alone (no model weights loaded), reported all at once.
+
+Each stage's interface (``stages.Stage.check``) lists the problems of its own inputs; this module holds the
+checks several stages share (model spec, output directory, free disk, device) and ``require``, which runs
+them for one or more stages and raises one ``PreflightError`` listing them all."""
+from __future__ import annotations
+
+import os
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+from .artifacts import is_artifact, read_manifest
+from .errors import PreflightError, UserError
+
+
+def problem_of(fn, *args, **kwargs) -> list[str]:
+    """``fn``'s UserError as a one-item problem list (no error: no problem)."""
+    try:
+        fn(*args, **kwargs)
+    except UserError as e:
+        return [str(e)]
+    return []
+
+
+# ---- the model -------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=8)
+def _model_config(spec: str):
+    from .models import load_model_config
+
+    return load_model_config(spec)  # aliases: bundled shapes, offline; others: config.json / GGUF header
+
+
+def model_problems(spec: str) -> list[str]:
+    """The model spec resolves (alias, local directory, .gguf, or a Hub id whose config can be read; offline
+    a Hub id must be in the cache). Reads a config file at most."""
+    return problem_of(_model_config, spec)
+
+
+def model_config(spec: str):
+    """The transformers config of ``spec`` (cached), or None when it cannot be read."""
+    try:
+        return _model_config(spec)
+    except UserError:
+        return None
+
+
+@lru_cache(maxsize=8)
+def _estimate(spec: str, bits: int, groups_per_row: int, targets: tuple | None, ignore: tuple):
+    from .estimate import estimate_sketch
+    from .models import meta_model
+
+    return estimate_sketch(meta_model(_model_config(spec)), spec, bits, groups_per_row,
+                           list(targets) if targets else None, list(ignore))
+
+
+def sketch_estimate(model_name: str, compress):
+    """The ``estimate.SketchEstimate`` of compressing ``model_name`` with ``compress``; raises UserError
+    (unreadable model, groups_per_row that does not divide a layer)."""
+    return _estimate(model_name, compress.bits, compress.groups_per_row,
+                     tuple(compress.targets) if compress.targets else None, tuple(compress.ignore))
+
+
+# ---- outputs and disk --------------------------------------------------------------------------------------
+
+def _existing_ancestor(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def writable_problems(out: Path) -> list[str]:
+    """``out`` can be created: its nearest existing ancestor is a directory this user may write to. The
+    line names that ancestor, so stages writing under the same one report it once."""
+    if Path(out).exists() and not Path(out).is_dir():
+        return [f"cannot write {out}: it is a file, not a directory; remove it or choose another output"]
+    anchor = _existing_ancestor(Path(out).parent)
+    if not anchor.is_dir():
+        return [f"cannot write outputs under {anchor}: it is a file, not a directory; choose another output"]
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        return [f"cannot write outputs under {anchor}: no write permission; choose another output"]
+    return []
+
+
+def output_problems(out: Path, overwrite: bool, resume: bool = False) -> list[str]:
+    """A stage command's output: not clobbering (``artifacts.check_output``'s rules)."""
+    from .artifacts import check_output
+
+    return problem_of(check_output, Path(out), overwrite, resume)
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system that holds ``path`` (or would, once created)."""
+    return shutil.disk_usage(_existing_ancestor(Path(path))).free
+
+
+def disk_problems(needs: list[tuple[Path, int]]) -> list[str]:
+    """Estimated artifact sizes against free space, summed per file system."""
+    by_fs: dict[int, list] = {}
+    for out, size in needs:
+        anchor = _existing_ancestor(Path(out))
+        if not anchor.is_dir():
+            continue  # reported by writable_problems
+        entry = by_fs.setdefault(anchor.stat().st_dev, [anchor, 0, []])
+        entry[1] += size
+        entry[2].append(str(out))
+    from .estimate import human_bytes
+
+    problems = []
+    for anchor, total, outs in by_fs.values():
+        free = free_bytes(anchor)
+        if total > free:
+            problems.append(f"not enough free disk for {', '.join(outs)}: about {human_bytes(total)} needed, "
+                            f"{human_bytes(free)} free under {anchor}; free space or choose another output")
+    return problems
+
+
+# ---- devices -----------------------------------------------------------------------------------------------
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def device_problems(settings: dict[str, str]) -> list[str]:
+    """Every device key (``{"compress.device": "cuda", ...}``) names a device this machine has."""
+    return [f"{key}={value} but this machine has no CUDA device; set {key}=auto or cpu"
+            for key, value in settings.items() if str(value).startswith("cuda") and not cuda_available()]
+
+
+# ---- inputs that are artifacts ---------------------------------------------------------------------------
+
+def artifact_problems(path: str | Path, stage, base: str | Path | None = None) -> list[str]:
+    """An artifact input: a manifest of the right stage whose parent (if it needs one) can be found by
+    its recorded path or ``base``. Checksums are verified later, when the stage reads the files."""
+    from .artifacts import resolve_ref
+
+    try:
+        manifest = read_manifest(path, stage=stage, verify=False)
+        if manifest.stage == "finetune":
+            resolve_ref(manifest.parent or {}, manifest.path, what="base sketch", stage="sketch", override=base,
+                        verify=False)
+        elif manifest.stage == "export" and (Path(path) / "adapter_config.json").is_file():
+            from .export.lut_adapter import read_adapter_config
+
+            resolve_ref(read_adapter_config(path)["base_sketch"], path, what="base sketch", stage="sketch",
+                        override=base, verify=False)
+    except (UserError, KeyError) as e:
+        return [str(e) if isinstance(e, UserError) else f"{path}: its manifest names no parent"]
+    return []
+
+
+def artifact_bytes(path: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+# ---- all together -------------------------------------------------------------------------------------------
+
+def unique(problems: list[str]) -> list[str]:
+    """Problems in order, each once (stages share checks: the model, the device)."""
+    return list(dict.fromkeys(problems))
+
+
+def collect(checks: list[tuple], cfg) -> tuple[list[dict], list[str]]:
+    """The preflight of ``checks`` = [(stage, job), ...]: each stage's own checks, its output, and the free
+    disk its planned artifact needs. Returns (the stages' plans, every problem found)."""
+    problems, plans, needs = [], [], []
+    for stage, job in checks:
+        problems += stage.check(cfg, job) + writable_problems(job.out)
+        if job.check_output:
+            problems += output_problems(job.out, job.overwrite, job.resume)
+        try:
+            plan = stage.plan(cfg, job)
+        except UserError:
+            plan = {}  # its cause is among the problems already
+        plans.append(plan)
+        if plan.get("artifact_bytes"):
+            needs.append((job.out, plan["artifact_bytes"]))
+    problems += disk_problems(needs)
+    return plans, unique(problems)
+
+
+def require(checks: list[tuple], cfg) -> list[dict]:
+    """``collect``, raising one PreflightError that lists every problem."""
+    plans, problems = collect(checks, cfg)
+    if problems:
+        raise PreflightError(problems)
+    return plans
+
+
+def estimate_of(cfg, sketch: str | Path | None = None):
+    """The SketchEstimate a stage's sizes follow from: of the existing sketch artifact ``sketch`` (from the
+    model and compress settings its manifest records), else of what ``cfg`` would compress. None when the
+    model's config cannot be read."""
+    from .compress.settings import CompressSettings
+
+    name, compress = cfg.model.name, cfg.compress
+    if sketch is not None and is_artifact(sketch):
+        try:
+            recorded = read_manifest(sketch, verify=False).config
+            name = recorded["model"]["name"]
+            compress = CompressSettings.model_validate(recorded.get("compress") or {})
+        except (UserError, KeyError, TypeError, ValueError):
+            return None
+    try:
+        return sketch_estimate(name, compress)
+    except UserError:
+        return None
