@@ -48,6 +48,13 @@ def repo_path(url: str) -> str | None:
     return None
 
 
+def local_dir() -> Path:
+    """Verified copies, in the repository's layout (``dataset/<Dataset>/test.json`` is an eval data dir)."""
+    from .models import cache_root
+
+    return cache_root() / "llm-adapters" / COMMIT
+
+
 def fetch_path(path: str, instead: str) -> Fetched:
     """The verified cached copy of repository file ``path`` (e.g. ``dataset/gsm8k/test.json``); a file
     with no pin cannot be verified and is refused."""
@@ -56,7 +63,7 @@ def fetch_path(path: str, instead: str) -> Fetched:
     pin = pins().get(path)
     if pin is None:
         raise UserError(f"LLM-Adapters file {path} has no pinned hash, so it cannot be fetched verified; {instead}")
-    return fetch(f"{base_url()}/{path}", pin, instead)
+    return fetch(f"{base_url()}/{path}", pin, instead, target=local_dir() / path)
 
 
 def fetch_url(url: str, instead: str) -> Fetched:

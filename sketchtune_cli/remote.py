@@ -81,12 +81,13 @@ def cache_path(url: str, pin: Pin | None) -> Path:
     return cache_root() / "downloads" / key / url_filename(url)
 
 
-def fetch(url: str, pin: Pin | None = None, instead: str = "pass a local file instead") -> Fetched:
-    """The cached copy of ``url`` (downloaded on first use); ``instead`` completes error messages with
-    what the user can pass instead of the URL."""
+def fetch(url: str, pin: Pin | None = None, instead: str = "pass a local file instead",
+          target: Path | None = None) -> Fetched:
+    """The cached copy of ``url`` (downloaded on first use, into ``target`` when given); ``instead``
+    completes error messages with what the user can pass instead of the URL."""
     from filelock import FileLock
 
-    target = cache_path(url, pin)
+    target = target or cache_path(url, pin)
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         cached = _cached(target, url, pin)
