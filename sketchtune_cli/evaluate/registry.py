@@ -3,7 +3,8 @@
 Rules (also in ``sketchtune eval --help``):
 - ``st_<name>`` (e.g. ``st_gsm8k``, ``st_arc_easy_ll``) and the groups ``st_math``, ``st_commonsense``,
   ``st_commonsense_ll`` (aliases ``math``, ``commonsense``, ``commonsense_ll``) are always the paper's protocol
-  over LLM-Adapters files.
+  over LLM-Adapters files: from the data directory when one is known, else fetched from the LLM-Adapters
+  repository into the cache and verified against the pinned hashes (:mod:`sketchtune_cli.llm_adapters`).
 - A bare dataset name (``gsm8k``, ``arc_easy``, ``boolq_ll``...) means the paper's protocol when a data
   directory is known (``--data-dir``, ``eval.data_dir`` or ``$SKETCHTUNE_DATA``), else lm-eval's own task
   of that name. Names lm-eval does not have (``svamp``, ``addsub``...) are always ours.
