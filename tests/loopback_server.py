@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
+import time
 from collections import Counter
 
 
@@ -12,8 +13,9 @@ class Loopback:
     """``with Loopback({"/a/b.json": b"..."}) as srv``: ``srv.url`` is the base, ``srv.requests`` counts
     requests per path (every method), ``srv.files`` may be changed while it runs."""
 
-    def __init__(self, files: dict[str, bytes]):
+    def __init__(self, files: dict[str, bytes], delay_s: float = 0.0):
         self.files = dict(files)
+        self.delay_s = delay_s  # before each answer: lets concurrent clients overlap
         self.requests: Counter = Counter()
 
     def __enter__(self) -> "Loopback":
@@ -22,6 +24,7 @@ class Loopback:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 srv.requests[self.path] += 1
+                time.sleep(srv.delay_s)
                 body = srv.files.get(self.path)
                 if body is None:
                     self.send_error(404)

@@ -58,6 +58,28 @@ def test_url_json_and_jsonl_are_fetched_once_then_cached(online):
         assert dict(srv.requests) == {"/d/train.json": 1, "/d/train.jsonl": 1}
 
 
+def test_concurrent_processes_fetch_once(online):
+    """Ranks starting together: one process downloads, the others wait for its copy."""
+    import os
+    import subprocess
+    import sys
+
+    body = _json(RECORDS)
+    go = online / "go"
+    with Loopback({"/d.json": body}, delay_s=1.0) as srv:
+        code = ("import pathlib, time; from sketchtune_cli.remote import fetch; print('ready', flush=True)\n"
+                f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+                f"print(fetch({srv.url + '/d.json'!r}).sha256)")
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+                 for _ in range(3)]
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 3
+        go.touch()  # all three ask at once; the server answers the first after 1 s
+        outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0]
+        assert outs == [hashlib.sha256(body).hexdigest()] * 3
+        assert srv.requests["/d.json"] == 1
+
+
 def test_offline_and_unreachable_are_one_line(online, monkeypatch):
     with Loopback({}) as srv:
         with pytest.raises(UserError, match=r"HTTP 404.*data.path=LOCAL_FILE"):
