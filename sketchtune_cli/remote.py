@@ -88,15 +88,19 @@ def fetch(url: str, pin: Pin | None = None, instead: str = "pass a local file in
     from filelock import FileLock
 
     target = target or cache_path(url, pin)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    if target.is_file():  # the usual case after the first run: no lock, no network
         cached = _cached(target, url, pin)
         if cached is not None:
             return cached
-        var = offline()
-        if var:
-            raise UserError(f"{url} is not in the cache ({target.parent}) and {var} is set, so it cannot be "
-                            f"fetched; {instead}, or unset {var}")
+    var = offline()
+    if var:
+        raise UserError(f"{url} is not in the cache ({target.parent}) and {var} is set, so it cannot be "
+                        f"fetched; {instead}, or unset {var}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        cached = _cached(target, url, pin, drop_damaged=True)  # another process may have fetched it meanwhile
+        if cached is not None:
+            return cached
         _download(url, target, instead)
         digest = sha256_of(target)
         problem = mismatch(target, digest, pin)
@@ -109,14 +113,16 @@ def fetch(url: str, pin: Pin | None = None, instead: str = "pass a local file in
         return Fetched(target, url, digest, pin is not None)
 
 
-def _cached(target: Path, url: str, pin: Pin | None) -> Fetched | None:
-    """The cached copy when present and (if pinned) still matching; a damaged copy is dropped."""
+def _cached(target: Path, url: str, pin: Pin | None, drop_damaged: bool = False) -> Fetched | None:
+    """The cached copy when complete and (if pinned) still matching; under the lock a damaged copy is
+    dropped (and fetched again)."""
     if not target.is_file() or not _digest_file(target).is_file():
         return None
     digest = sha256_of(target) if pin else _digest_file(target).read_text().strip()
     if pin and mismatch(target, digest, pin):
-        log.warning("cached %s does not match its pin any more; fetching it again", target)
-        target.unlink()
+        if drop_damaged:
+            log.warning("cached %s does not match its pin any more; fetching it again", target)
+            target.unlink()
         return None
     log.debug("using cached %s for %s", target, url)
     return Fetched(target, url, digest, pin is not None)

@@ -49,8 +49,7 @@ class Datasets:
 
 # ---- reading records ---------------------------------------------------------------------------------
 
-FIELDS = ("instruction", "input", "output", "messages")  # the names data.columns may map
-MAX_PROBLEMS = 20  # data_problems lists this many, then "... and N more"
+PROBLEM_CAP = 20  # data_problems lists this many, then "... and N more"
 
 
 @dataclass
@@ -59,14 +58,14 @@ class Source:
     info: dict  # what was read: {"path": ...} plus url/sha256/verified, or the Hub name/split
 
 
-def _read_json_file(path: Path) -> list:
+def _read_json_file(path: Path, name: str | None = None) -> list:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON/JSONL (line {e.lineno}: {e.msg})") from None
+        raise UserError(f"{name or path} is not valid JSON/JSONL (line {e.lineno}: {e.msg})") from None
 
 
 def parse_hub_name(source: str) -> tuple[str, str | None]:
@@ -104,7 +103,7 @@ def load_source(source: str, split: str = "train", limit: int | None = None, see
         return Source(demo_records(split, n=limit or DEMO_SIZES[split], seed=seed), {"path": DEMO})
     if is_url(source):
         got = fetch_url(source, instead="download it and pass data.path=LOCAL_FILE (or --data LOCAL_FILE)")
-        records, info = _read_json_file(got.path), {"path": source, **got.describe()}
+        records, info = _read_json_file(got.path, source), {"path": source, **got.describe()}
     else:
         path = Path(source).expanduser()
         if path.is_file():
@@ -152,7 +151,7 @@ def _alpaca_problems(rec: dict, columns: dict | None) -> list[str]:
         key = _field(columns, name)
         hint = f" (data.columns.{name})" if key != name else ""
         if key not in rec or rec[key] is None:
-            out.append(f"has no '{key}' field{hint}; records need instruction and output (input optional) or messages")
+            out.append(f"field '{key}'{hint} is missing; records need instruction and output (input optional) or messages")
         elif not isinstance(rec[key], str):
             out.append(f"field '{key}'{hint} is not a string ({type(rec[key]).__name__})")
     key = _field(columns, "input")
@@ -172,8 +171,13 @@ def _chat_problems(messages, key: str) -> list[str]:
     return []
 
 
-def cap(problems: list[str], limit: int = MAX_PROBLEMS) -> list[str]:
-    return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+def capped(problems: list[str], cap: int = PROBLEM_CAP) -> list[str]:
+    return problems if len(problems) <= cap else problems[:cap] + [f"... and {len(problems) - cap} more"]
+
+
+def held_out_count(n: int, fraction: float) -> int:
+    """Records ``_split`` holds out for validation."""
+    return max(1, round(n * fraction)) if fraction > 0 and n else 0
 
 
 def check_records(records: list, source: str, columns: dict | None = None) -> None:
@@ -194,8 +198,9 @@ def normalize(rec: dict, columns: dict | None) -> dict:
 
 def data_problems(data) -> tuple[int | None, list[str]]:
     """For a preflight: read the ``data`` section's records exactly as the run will (fetching into the
-    cache if needed; no tokenizer or model) and check every one. Returns (training records the run uses
-    after ``limit`` and the validation split, or None when unreadable; every problem, one line each)."""
+    cache if needed; no tokenizer or model) and check every one. Returns (records the run reads after
+    ``limit``, before ``held_out_count`` of them go to validation; or None when unreadable; every problem,
+    one line each, capped)."""
     if not data.path:
         return None, ["no training data: set data.path (a .json/.jsonl file or URL, a dataset name, or demo) or pass --data"]
     try:
@@ -210,9 +215,7 @@ def data_problems(data) -> tuple[int | None, list[str]]:
             problems += record_problems(val, data.val_path, data.columns)
         except UserError as e:
             problems.append(str(e))
-    elif data.val_fraction > 0 and records:
-        n -= max(1, round(n * data.val_fraction))
-    return n, cap(problems)
+    return n, capped(problems)
 
 
 # ---- rendering and tokenizing ------------------------------------------------------------------------
@@ -301,7 +304,7 @@ def tokenize_records(records: list[dict], tokenizer, template: str, max_seq_len:
 def _split(records: list, fraction: float, seed: int) -> tuple[list, list]:
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(records) * fraction))
+    n_val = held_out_count(len(records), fraction)
     val_idx = set(order[:n_val])
     return [r for i, r in enumerate(records) if i not in val_idx], [records[i] for i in sorted(val_idx)]
 

@@ -15,7 +15,9 @@ from sketchtune_cli import llm_adapters
 from sketchtune_cli.compress.calibration import calib_problems, calibration_texts
 from sketchtune_cli.compress.settings import CompressSettings
 from sketchtune_cli.errors import UserError
+from sketchtune_cli.config import RunConfig
 from sketchtune_cli.evaluate import registry
+from sketchtune_cli.evaluate.pipeline import data_dir_of
 from sketchtune_cli.finetune import data as data_mod
 from sketchtune_cli.finetune.data import (
     IGNORE, build_datasets, data_problems, load_source, parse_hub_name, read_records, tokenize_chat,
@@ -185,7 +187,7 @@ def test_columns_map_other_schemas(tokenizer, tmp_path):
     assert [e.labels for e in ds.train] == [e.labels for e in same.train]
     # without the mapping every record is a problem, each named with its field
     n, problems = data_problems(DataSettings(path=str(path)))
-    assert n == 2 and len(problems) == 4 and "record 1 has no 'instruction' field" in problems[2]
+    assert n == 2 and len(problems) == 4 and "record 1 field 'instruction' is missing" in problems[2]
     with pytest.raises(Exception, match="columns"):
         DataSettings(columns={"prompt": "q"})  # only instruction/input/output/messages can be mapped
 
@@ -241,10 +243,10 @@ def test_data_problems_lists_every_problem_capped(tmp_path):
     recs = [{"instruction": "i", "output": "o"}] * 5 + [{"instruction": "i"}] * 30 + ["text"]
     path = tmp_path / "d.json"
     path.write_bytes(_json(recs))
-    n, problems = data_problems(DataSettings(path=str(path), limit=None, val_fraction=0.1))
-    assert n == 36 - 4  # after the 10% validation split, as the run would use
-    assert len(problems) == data_mod.MAX_PROBLEMS + 1 and problems[-1] == "... and 11 more"
-    assert "record 5 has no 'output' field" in problems[0]
+    n, problems = data_problems(DataSettings(path=str(path), limit=34, val_fraction=0.1))
+    assert n == 34 and data_mod.held_out_count(n, 0.1) == 3  # read after limit; 3 of them held out
+    assert len(problems) == data_mod.PROBLEM_CAP + 1 and problems[-1] == "... and 9 more"
+    assert "record 5 field 'output' is missing" in problems[0]
     assert data_problems(DataSettings(path=str(tmp_path / "none.json"))) == (None, [f"data file {tmp_path / 'none.json'} does not exist"])
     assert data_problems(DataSettings(path="demo", limit=50)) == (50, [])
 
@@ -272,6 +274,9 @@ def test_eval_sets_fetched_verified_and_data_dir_takes_precedence(online, monkey
     with Loopback({"/dataset/gsm8k/test.json": gsm, "/dataset/SVAMP/test.json": gsm}) as srv:
         monkeypatch.setenv(llm_adapters.BASE_ENV, srv.url)
         # $SKETCHTUNE_DATA (or --data-dir) wins and is read as it is, offline: nothing is fetched
+        monkeypatch.setenv("SKETCHTUNE_DATA", str(local))
+        assert registry.resolve_data_dir(["st_gsm8k"], data_dir_of(RunConfig())) == str(local)
+        monkeypatch.delenv("SKETCHTUNE_DATA")
         assert registry.resolve_data_dir(["st_gsm8k"], str(local)) == str(local)
         assert task_problems_for(["st_gsm8k"], str(local)) == []
         assert srv.total == 0
