@@ -25,7 +25,7 @@ import torch
 
 from ..errors import UserError
 from ..prompts import render_alpaca
-from ..remote import is_url
+from ..remote import Fetched, is_url
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Calibration:
     source: str
     requested_samples: int
     stream_tokens: int
+    fetched: dict | None = None  # a URL source: the sha256 of the file read (and whether it matched a pin)
 
     @property
     def num_samples(self) -> int:
@@ -51,7 +52,8 @@ class Calibration:
 
     def describe(self) -> dict:
         return {"source": self.source, "num_samples": self.num_samples, "seq_len": self.input_ids.shape[1],
-                "requested_samples": self.requested_samples, "stream_tokens": self.stream_tokens}
+                "requested_samples": self.requested_samples, "stream_tokens": self.stream_tokens} | (
+            {"fetched": self.fetched} if self.fetched else {})
 
 
 def load_calibration(source: str, tokenizer, num_samples: int, seq_len: int, seed: int = 0) -> Calibration:
@@ -65,7 +67,8 @@ def load_calibration(source: str, tokenizer, num_samples: int, seq_len: int, see
             break
         budget *= 4
     ids = draw_windows(stream, num_samples, seq_len, seed, source)
-    return Calibration(ids, source, num_samples, len(stream))
+    fetched = fetch_calibration_file(source).describe() if is_url(source) else None  # cached: no second fetch
+    return Calibration(ids, source, num_samples, len(stream), fetched)
 
 
 def calibration_texts(source: str, seed: int, char_budget: int) -> list[str]:
@@ -73,7 +76,7 @@ def calibration_texts(source: str, seed: int, char_budget: int) -> list[str]:
     if source == "builtin":
         docs = builtin_texts()
     elif is_url(source):
-        docs = file_texts(fetch_calibration_file(source))
+        docs = file_texts(fetch_calibration_file(source).path)
     elif _looks_like_file(source):
         docs = file_texts(Path(source).expanduser())
     else:
@@ -97,14 +100,14 @@ def _looks_like_file(source: str) -> bool:
     return False
 
 
-def fetch_calibration_file(url: str) -> Path:
+def fetch_calibration_file(url: str) -> Fetched:
     """The cached copy of a calibration file named by URL (the fetcher training data uses; LLM-Adapters
     files are verified against their pins)."""
     from ..llm_adapters import fetch_url
 
     if Path(urllib.parse.urlsplit(url).path).suffix.lower() not in LOCAL_SUFFIXES:
         raise UserError(f"calibration URL {url} must name a .txt, .json or .jsonl file")
-    return fetch_url(url, instead="download it and pass --calib LOCAL_FILE (or compress.calib=LOCAL_FILE)").path
+    return fetch_url(url, instead="download it and pass --calib LOCAL_FILE (or compress.calib=LOCAL_FILE)")
 
 
 def calib_problems(compress) -> list[str]:
@@ -115,7 +118,7 @@ def calib_problems(compress) -> list[str]:
         if source == "builtin":
             return []
         if is_url(source):
-            file_texts(fetch_calibration_file(source))
+            file_texts(fetch_calibration_file(source).path)
         elif _looks_like_file(source):
             file_texts(Path(source).expanduser())
         else:

@@ -91,7 +91,9 @@ def check_recipe_runs_from_urls(capsys, monkeypatch, tmp_path, mirror, model: st
     for task, info in ev.config["data_files"].items():
         assert info["sha256"] == hashlib.sha256(files[repo_test_file(task)]).hexdigest()
     assert set(ev.results["models"][0]["scores"]) >= set(GROUPS["st_math"])
-    assert read_manifest(tmp_path / "a" / "compress").results["calibration"]["source"] == f"{llm_adapters.PUBLIC_BASE}/{TRAIN}"
+    calibration = read_manifest(tmp_path / "a" / "compress").results["calibration"]
+    assert calibration["source"] == f"{llm_adapters.PUBLIC_BASE}/{TRAIN}"
+    assert calibration["fetched"]["sha256"] == train_sha and calibration["fetched"]["verified"] is True
 
     # a second run (a fresh output directory: every stage reads its inputs again) fetches nothing
     code, stdout, err = run_math(capsys, model, tmp_path / "b")

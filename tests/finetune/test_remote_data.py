@@ -284,8 +284,8 @@ def test_eval_sets_fetched_verified_and_data_dir_takes_precedence(online, monkey
         fetched = Path(registry.resolve_data_dir(["st_gsm8k"], None))
         assert (fetched / "gsm8k" / "test.json").read_bytes() == gsm
         assert registry.resolve_data_dir(["st_gsm8k"], None) == str(fetched) and srv.total == 1
-        problems = task_problems_for(["math", "nope_task_xyz"], None)
-    assert any("unknown task 'nope_task_xyz'" in p for p in problems)
+        problems = task_problems_for(["math", "st_nope"], None)
+    assert any("unknown task 'st_nope'" in p for p in problems)
     assert any(p.startswith("refusing") and "SVAMP" in p and "--data-dir" in p for p in problems)
     assert any("st_addsub" in p and "no pinned hash" in p for p in problems)  # not in this test's pin table
     assert not any("gsm8k" in p for p in problems)
