@@ -1,7 +1,8 @@
 """The one fetcher for files named by an http(s) URL (training data, calibration text, eval test sets).
 
 A URL is downloaded once into ``<cache root>/downloads/`` (``$SKETCHTUNE_CACHE``, default
-``~/.cache/sketchtune``) and read from there afterwards without touching the network, so a second run and
+``~/.cache/sketchtune``; LLM-Adapters files into ``llm-adapters/<commit>/`` in the repository's layout) and
+read from there afterwards without touching the network, so a second run and
 the other ranks of a distributed run fetch nothing. Several processes may ask at once: a file lock lets one
 download while the others wait and then read its copy (the lock lives beside the file, so processes that
 share the cache share the download; nodes with their own caches each fetch once).
