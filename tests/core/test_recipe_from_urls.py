@@ -46,6 +46,18 @@ def served_files() -> dict[str, bytes]:
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core machine two OpenMP threads spin-wait against other jobs (the
+    embedded model's compress ran ~10x slower with two)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def mirror(monkeypatch, tmp_path):
     """The loopback server as the LLM-Adapters mirror, the pins of its files, a private cache, no data
     dir and no network beyond 127.0.0.1."""
@@ -112,7 +124,7 @@ def check_recipe_runs_from_urls(capsys, monkeypatch, tmp_path, mirror, model: st
     assert not any((tmp_path / "cache2").rglob("math_10k.json"))
 
 
-def test_math_recipe_from_urls_tiny_model(capsys, monkeypatch, tmp_path, mirror):
+def test_math_recipe_from_urls_tiny_model(capsys, monkeypatch, tmp_path, mirror, one_thread):
     """The whole flow with a tiny random Llama (fast: the default suite)."""
     model = save_tiny_model(tmp_path / "tiny")
     check_recipe_runs_from_urls(capsys, monkeypatch, tmp_path, mirror, str(model), None)
@@ -120,7 +132,7 @@ def test_math_recipe_from_urls_tiny_model(capsys, monkeypatch, tmp_path, mirror)
 
 @pytest.mark.slow
 @pytest.mark.embedded
-def test_math_recipe_from_urls_smollm2(capsys, monkeypatch, tmp_path, mirror, embedded_dir):
+def test_math_recipe_from_urls_smollm2(capsys, monkeypatch, tmp_path, mirror, embedded_dir, one_thread):
     """The issue's exact command: model.name=smollm2-135m (compress alone takes minutes on 2 CPU cores)."""
     check_recipe_runs_from_urls(capsys, monkeypatch, tmp_path, mirror, "smollm2-135m", embedded_dir)
     shutil.rmtree(tmp_path / "a", ignore_errors=True)
