@@ -2,7 +2,8 @@
 
 Sources: ``builtin`` (CPython's ``pydoc_data.topics``, always present offline), ``c4`` (allenai/c4, the
 first English validation shard), ``wikitext`` (wikitext-2-raw train), any other Hugging Face dataset name
-(``name`` or ``name:config``, column ``text``), or a local ``.txt`` / ``.json`` / ``.jsonl`` file. JSON
+(``name`` or ``name:config``, column ``text``), or a ``.txt`` / ``.json`` / ``.jsonl`` file, local or at an
+http(s) URL (fetched once into the cache by the same fetcher as training data). JSON
 records in the alpaca / LLM-Adapters shape (``instruction``, ``input``, ``output``) are rendered with the
 fine-tuning prompt (``prompts.render_alpaca``), so compress calibrates on what fine-tuning will feed.
 
@@ -16,6 +17,7 @@ import contextlib
 import json
 import logging
 import random
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import torch
 
 from ..errors import UserError
 from ..prompts import render_alpaca
+from ..remote import Fetched, is_url
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class Calibration:
     source: str
     requested_samples: int
     stream_tokens: int
+    fetched: dict | None = None  # a URL source: the sha256 of the file read (and whether it matched a pin)
 
     @property
     def num_samples(self) -> int:
@@ -48,7 +52,8 @@ class Calibration:
 
     def describe(self) -> dict:
         return {"source": self.source, "num_samples": self.num_samples, "seq_len": self.input_ids.shape[1],
-                "requested_samples": self.requested_samples, "stream_tokens": self.stream_tokens}
+                "requested_samples": self.requested_samples, "stream_tokens": self.stream_tokens} | (
+            {"fetched": self.fetched} if self.fetched else {})
 
 
 def load_calibration(source: str, tokenizer, num_samples: int, seq_len: int, seed: int = 0) -> Calibration:
@@ -62,13 +67,16 @@ def load_calibration(source: str, tokenizer, num_samples: int, seq_len: int, see
             break
         budget *= 4
     ids = draw_windows(stream, num_samples, seq_len, seed, source)
-    return Calibration(ids, source, num_samples, len(stream))
+    fetched = fetch_calibration_file(source).describe() if is_url(source) else None  # cached: no second fetch
+    return Calibration(ids, source, num_samples, len(stream), fetched)
 
 
 def calibration_texts(source: str, seed: int, char_budget: int) -> list[str]:
     """The documents of a source, shuffled with ``seed`` and cut to about ``char_budget`` characters."""
     if source == "builtin":
         docs = builtin_texts()
+    elif is_url(source):
+        docs = file_texts(fetch_calibration_file(source).path)
     elif _looks_like_file(source):
         docs = file_texts(Path(source).expanduser())
     else:
@@ -81,18 +89,6 @@ def calibration_texts(source: str, seed: int, char_budget: int) -> list[str]:
     return _take_chars(docs, char_budget)
 
 
-def calib_problems(compress) -> list[str]:
-    """Preflight of the calibration source without a tokenizer: a file must exist and hold text records.
-    Hugging Face datasets are not fetched here (the full check comes with data-by-URL support)."""
-    source = compress.calib
-    try:
-        if source != "builtin" and _looks_like_file(source):
-            calibration_texts(source, compress.seed, compress.num_samples * compress.seq_len * CHARS_PER_TOKEN_BUDGET)
-    except UserError as e:
-        return [str(e)]
-    return []
-
-
 def _looks_like_file(source: str) -> bool:
     p = Path(source).expanduser()
     if p.suffix.lower() in LOCAL_SUFFIXES:
@@ -102,6 +98,49 @@ def _looks_like_file(source: str) -> bool:
     if p.exists():
         raise UserError(f"calibration file {p} must end in .txt, .json or .jsonl")
     return False
+
+
+def fetch_calibration_file(url: str) -> Fetched:
+    """The cached copy of a calibration file named by URL (the fetcher training data uses; LLM-Adapters
+    files are verified against their pins)."""
+    from ..llm_adapters import fetch_url
+
+    if Path(urllib.parse.urlsplit(url).path).suffix.lower() not in LOCAL_SUFFIXES:
+        raise UserError(f"calibration URL {url} must name a .txt, .json or .jsonl file")
+    return fetch_url(url, instead="download it and pass --calib LOCAL_FILE (or compress.calib=LOCAL_FILE)")
+
+
+def calib_problems(compress) -> list[str]:
+    """For a preflight: whether the ``compress`` section's calibration source can be read (a file or URL
+    is read and parsed, fetching into the cache if needed; a dataset name is resolved). Loads no model."""
+    source = compress.calib
+    try:
+        if source == "builtin":
+            return []
+        if is_url(source):
+            file_texts(fetch_calibration_file(source).path)
+        elif _looks_like_file(source):
+            file_texts(Path(source).expanduser())
+        else:
+            _check_hf_source(source)
+    except UserError as e:
+        return [str(e)]
+    return []
+
+
+def _check_hf_source(source: str) -> None:
+    """Resolve a dataset name the way :func:`hf_texts` loads it, without downloading its data."""
+    name, _, config = source.partition(":")
+    path, cfg, _split, files = HF_SOURCES.get(name, (name, config or None, "train", None))
+    try:
+        import datasets
+
+        datasets.load_dataset_builder(path, cfg, data_files=files)
+    except Exception as e:
+        raise UserError(
+            f"could not resolve calibration dataset {source!r} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+            f"check the name or use --calib builtin or a local .txt/.json/.jsonl file or URL"
+        ) from None
 
 
 def _take_chars(docs: list[str], budget: int) -> list[str]:

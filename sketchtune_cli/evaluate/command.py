@@ -28,12 +28,16 @@ Tasks (--tasks, comma-separated), the paper's protocol (st_*):
   groups:  math, commonsense, commonsense_ll (= st_math, ...)
   st_demo_arith: the demo's held-out arithmetic (sketchtune run --config demo)
 The st_* tasks read LLM-Adapters test files DIR/<Dataset>/test.json
-(--data-dir, eval.data_dir or $SKETCHTUNE_DATA). A bare name (gsm8k,
-arc_easy, boolq_ll) is the st_* task when a data dir is known, else
-lm-eval's own task; lm:NAME is always lm-eval's own (needs its dataset).
+(--data-dir, eval.data_dir or $SKETCHTUNE_DATA; offline, and first). With
+none of those, st_* tasks and the groups fetch their files from the
+LLM-Adapters repository (commit 8166572; a mirror: $SKETCHTUNE_LLM_ADAPTERS_URL)
+once into $SKETCHTUNE_CACHE, each checked against a hash sketchtune pins.
+A bare name (gsm8k, arc_easy, boolq_ll) is the st_* task when a data dir
+is known, else lm-eval's own task; lm:NAME is always lm-eval's own.
 
 \b
 Examples:
+  sketchtune eval runs/l3-math --tasks math      # test files fetched, verified
   sketchtune eval runs/l3-math --data-dir data/llm-adapters --tasks math
   sketchtune eval llama-3-8b runs/l3-gpr4 runs/l3-math \\
       --data-dir data/llm-adapters --tasks gsm8k,arc_easy

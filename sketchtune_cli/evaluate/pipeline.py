@@ -70,19 +70,19 @@ def _free_memory() -> None:
 
 def run_eval(specs: list[str], cfg: RunConfig, out: Path, overwrite: bool = False, base: str | None = None) -> EvalOutcome:
     sel = registry.select(cfg.eval.tasks, have_data_dir=data_dir_of(cfg) is not None)
-    registry.check_data(sel.paper, data_dir_of(cfg))
+    data_dir = registry.resolve_data_dir(sel.paper, data_dir_of(cfg))  # fetches verified files if none given
     main = runner.distributed_state().is_main_process
     if main:
         check_output(out, overwrite)
     with tempfile.TemporaryDirectory(prefix="sketchtune-tasks-") as tmp:
         groups = [n for n in sel.requested if n in registry.GROUPS]
-        taskgen.write_task_dir(Path(tmp), sel.paper, groups, data_dir_of(cfg) or ".", cfg.eval.max_new_tokens)
+        taskgen.write_task_dir(Path(tmp), sel.paper, groups, data_dir or ".", cfg.eval.max_new_tokens)
         task_manager = runner.make_task_manager(tmp, sel.harness)
         runner.check_harness_tasks(task_manager, sel.harness)
         evaluated = [evaluate_one(s, sel.requested, task_manager, cfg, base) for s in specs]
     if not main:
         return EvalOutcome(None)
-    return write_eval_artifact(evaluated, cfg, out, overwrite, data_files(sel.paper, data_dir_of(cfg)))
+    return write_eval_artifact(evaluated, cfg, out, overwrite, data_files(sel.paper, data_dir))
 
 
 def data_files(paper: list[str], data_dir: str | None) -> dict[str, dict[str, str]]:

@@ -3,7 +3,8 @@
 Rules (also in ``sketchtune eval --help``):
 - ``st_<name>`` (e.g. ``st_gsm8k``, ``st_arc_easy_ll``) and the groups ``st_math``, ``st_commonsense``,
   ``st_commonsense_ll`` (aliases ``math``, ``commonsense``, ``commonsense_ll``) are always the paper's protocol
-  over LLM-Adapters files.
+  over LLM-Adapters files: from the data directory when one is known, else fetched from the LLM-Adapters
+  repository into the cache and verified against the pinned hashes (:mod:`sketchtune_cli.llm_adapters`).
 - A bare dataset name (``gsm8k``, ``arc_easy``, ``boolq_ll``...) means the paper's protocol when a data
   directory is known (``--data-dir``, ``eval.data_dir`` or ``$SKETCHTUNE_DATA``), else lm-eval's own task
   of that name. Names lm-eval does not have (``svamp``, ``addsub``...) are always ours.
@@ -114,49 +115,77 @@ def select(names: list[str], have_data_dir: bool) -> Selection:
     return Selection(paper, harness, [n for n in requested if n not in in_groups])
 
 
+DATA_DIR_HINT = "pass --data-dir DIR (DIR/<Dataset>/test.json), set eval.data_dir or $SKETCHTUNE_DATA"
+
+
 def check_data(paper: list[str], data_dir: str | Path | None) -> None:
-    """Fail early, in one line, when a paper task's file is absent."""
+    """Fail early, in one line, when a paper task's file is absent from a given data dir."""
     if paper and data_dir is None:
-        raise UserError(
-            f"task {paper[0]} needs LLM-Adapters test files: pass --data-dir DIR (DIR/<Dataset>/test.json), "
-            "set eval.data_dir or $SKETCHTUNE_DATA"
-        )
+        raise UserError(f"task {paper[0]} needs LLM-Adapters test files: {DATA_DIR_HINT}")
     for name in paper:
         path = PAPER_TASKS[name].data_file(data_dir)
         if not path.is_file():
             raise UserError(f"task {name}: data file {path} not found (expected <data-dir>/{PAPER_TASKS[name].folder}/test.json)")
 
 
+def repo_test_file(name: str) -> str:
+    """Where a paper task's test file lives in the LLM-Adapters repository."""
+    return f"dataset/{PAPER_TASKS[name].folder}/test.json"
+
+
+def fetch_test_file(name: str) -> Path:
+    """A paper task's test file, fetched on first use from the LLM-Adapters repository into the cache and
+    verified against the pinned hash (:mod:`sketchtune_cli.llm_adapters`)."""
+    from ..llm_adapters import fetch_path
+
+    return fetch_path(repo_test_file(name), instead=f"for task {name}, {DATA_DIR_HINT}").path
+
+
+def resolve_data_dir(paper: list[str], data_dir: str | Path | None) -> str | None:
+    """The data dir the paper tasks read: ``data_dir`` when one is given (it must hold every file: it
+    works offline and takes precedence), else the cache of verified LLM-Adapters files, fetched now."""
+    if not paper or data_dir is not None:
+        check_data(paper, data_dir)
+        return None if data_dir is None else str(data_dir)
+    from ..llm_adapters import local_dir
+
+    for name in paper:
+        fetch_test_file(name)
+    return str(local_dir() / "dataset")
+
+
 def task_problems(tasks: list[str], data_dir: str | None) -> list[str]:
-    """Preflight of ``eval.tasks``: every name known, every paper task's file present (one line each).
-    lm-eval's own tasks are looked up in its index only when some are asked for (indexing is slow)."""
+    """For a preflight: every problem with ``tasks``, one line each: unknown names, and paper tasks whose
+    test file is neither in ``data_dir`` nor fetchable and verifiable (those are fetched into the cache
+    now: they are small). Loads no model."""
     try:
         sel = select(tasks, have_data_dir=data_dir is not None)
     except UserError as e:
         return [str(e)]
     # st_* is this project's namespace: a name there that is not ours is unknown without asking lm-eval
     ours = [n for n in sel.harness if n.lower().startswith("st_")]
-    problems = [f"unknown task {n!r}: not a bundled paper-protocol task ({', '.join(sorted(PAPER_TASKS)[:3])}, ...; "
-                "see `sketchtune eval --help`)" for n in ours]
-    if sel.paper and data_dir is None:
-        problems.append(f"tasks {', '.join(sel.paper)} need LLM-Adapters test files: pass --data-dir DIR "
-                        "(DIR/<Dataset>/test.json), set eval.data_dir or $SKETCHTUNE_DATA")
-    elif sel.paper:
-        for name in sel.paper:
-            try:
+    problems = [f"unknown task {n!r}: not a bundled paper-protocol task (see `sketchtune eval --help`)" for n in ours]
+    if len(ours) < len(sel.harness):
+        problems += _harness_problems([n for n in sel.harness if n not in ours])
+    for name in sel.paper:
+        try:
+            if data_dir is not None:
                 check_data([name], data_dir)
-            except UserError as e:
-                problems.append(str(e))
-    harness = [n for n in sel.harness if n not in ours]
-    if harness:
-        problems += harness_task_problems(harness)
+            else:
+                fetch_test_file(name)
+        except UserError as e:
+            problems.append(str(e))
     return problems
 
 
-def harness_task_problems(names: list[str]) -> list[str]:
-    from lm_eval.tasks import TaskManager
+def _harness_problems(harness: list[str]) -> list[str]:
+    """lm-eval's own task names it does not know (its datasets are not loaded here)."""
+    import tempfile
 
-    known = set(TaskManager(include_defaults=True).all_tasks)
+    from .runner import make_task_manager
+
+    with tempfile.TemporaryDirectory(prefix="sketchtune-tasks-") as tmp:
+        known = make_task_manager(tmp, harness).all_tasks
     return [f"unknown task {name!r}: neither a bundled paper-protocol task (st_*, math, commonsense; see "
             "`sketchtune eval --help`) nor an lm-eval task (`lm-eval ls tasks` lists those)"
-            for name in names if name not in known]
+            for name in harness if name not in known]

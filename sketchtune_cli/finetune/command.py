@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="config overrides, e.g. train.lr=3e-5"),
         config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML run config (path or bundled name)"),
         base: Optional[str] = typer.Option(None, "--base", help="sketch artifact to fine-tune (train.base; default output_dir/compress)"),
-        data: Optional[str] = typer.Option(None, "--data", help="training data (data.path): .json/.jsonl, a HF dataset name, or demo"),
+        data: Optional[str] = typer.Option(None, "--data", help="training data (data.path): a .json/.jsonl file or URL, a HF dataset name[:subset], or demo"),
         output: Optional[str] = typer.Option(None, "--output", "-o", help="artifact directory (default output_dir/finetune)"),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after N optimizer steps (train.max_steps)"),
         resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in OUT.partial from its last checkpoint"),

@@ -7,7 +7,10 @@ from ..settings_base import Section
 
 
 class DataSettings(Section):
-    path: Optional[str] = Field(None, description="training data: LLM-Adapters/alpaca .json/.jsonl, a HF dataset name, or 'demo'")
+    path: Optional[str] = Field(None, description="training data: a .json/.jsonl file or its http(s) URL (fetched once into $SKETCHTUNE_CACHE), a HF dataset 'name' or 'name:subset', or 'demo'. Records: instruction/input/output (alpaca, LLM-Adapters) or messages (chat: list of {role, content}; loss on assistant turns)")
+    split: str = Field("train", description="split of a HF dataset named by data.path")
+    columns: Optional[dict[Literal["instruction", "input", "output", "messages"], str]] = Field(
+        None, description="field names of another schema, e.g. {instruction: question, output: answer}")
     template: Literal["alpaca", "chat"] = "alpaca"
     max_seq_len: int = Field(2048, ge=8)
     val_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of the data held out for eval loss")
