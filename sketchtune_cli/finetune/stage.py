@@ -21,6 +21,7 @@ from ..artifacts import Manifest, check_output, is_artifact, partial_dir, read_m
 from ..errors import UserError
 from ..loading import LUT_ADAPTER, load_sketch_artifact
 from ..models import torch_dtype
+from ..output_lock import OutputLocked
 from . import checkpoint as ckpt
 from .data import build_datasets
 from .metrics import LOSS_PLOT, plot_losses
@@ -118,6 +119,8 @@ def _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sectio
             if cfg.logging.plots:
                 plot_losses(trainer.metrics, writer.path / LOSS_PLOT)
             writer.results = {**results, "data": data.stats, "lut_dtype": "float32"}
+    except OutputLocked:  # another run's directory (or an interrupted one to resume): not ours to clean
+        raise
     except BaseException:
         # keep the partial directory only when it holds a checkpoint worth resuming
         if ckpt.latest_checkpoint(partial_dir(out)) is None:
