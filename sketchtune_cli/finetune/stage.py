@@ -62,10 +62,10 @@ def fingerprint(sections: dict, base: Manifest) -> str:
 
 def check_resume(out: Path, fp: str) -> bool:
     """True when an interrupted run's checkpoint exists; refuses one made with another configuration."""
-    ck = ckpt.latest_checkpoint(partial_dir(out))
-    if ck is None:
+    found = ckpt.first_readable_state(partial_dir(out))
+    if found is None:
         return False
-    state = ckpt.read_state(ck)
+    state = found[1]
     if state.get("fingerprint") != fp:
         raise UserError(
             f"cannot resume {partial_dir(out)}: it was started with another data/train config or base; "
