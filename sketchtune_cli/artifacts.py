@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -140,6 +141,7 @@ def check_output(out: Path, overwrite: bool, resume: bool = False) -> None:
     removal. A run that is writing ``out`` right now is reported as such (never as interrupted)."""
     if partial_dir(out).exists():
         output_lock.refuse_if_held(partial_dir(out), out)
+    check_writable(out)
     if out.exists() and not overwrite:
         raise UserError(f"output {out} exists; pass --overwrite to replace it or choose another -o")
     part = partial_dir(out)
@@ -147,6 +149,21 @@ def check_output(out: Path, overwrite: bool, resume: bool = False) -> None:
         raise UserError(
             f"an interrupted run left {part}; pass --resume to continue it or delete that directory"
         )
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work when ``out`` could not be created: its nearest existing ancestor must be a
+    directory that takes a new entry (probed with a temporary directory, removed at once)."""
+    place = Path(out).absolute().parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise UserError(f"cannot write {out}: {place} is a file, not a directory; choose another -o")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".sketchtune-write-test-", dir=place))
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {place} does not accept new files ({e.strerror or e}); choose "
+                        f"another -o or fix its permissions") from None
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import UserError
 from ..prompts import render_alpaca
+from ..textfiles import read_text
 from .demo_data import demo_records
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ class Datasets:
 
 # ---- reading records ---------------------------------------------------------------------------------
 
-def _read_json_file(path: Path) -> list:
-    text = path.read_text(encoding="utf-8")
+def _read_json_file(path: Path, encoding: str = "utf-8") -> list:
+    text = read_text(path, encoding, "data file", "data.encoding")
     try:
         if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
             return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -69,13 +70,14 @@ def _read_hf_dataset(name: str, split: str) -> list:
         ) from None
 
 
-def read_records(source: str, split: str = "train", limit: int | None = None, seed: int = 0) -> list[dict]:
+def read_records(source: str, split: str = "train", limit: int | None = None, seed: int = 0,
+                 encoding: str = "utf-8") -> list[dict]:
     """Records of ``source``: a file, ``demo`` (``split`` picks train or held-out problems) or a HF dataset."""
     if source == DEMO:
         return demo_records(split, n=limit or DEMO_SIZES[split], seed=seed)
     path = Path(source).expanduser()
     if path.is_file():
-        records = _read_json_file(path)
+        records = _read_json_file(path, encoding)
     elif path.suffix in (".json", ".jsonl") or source.startswith((".", "/", "~")) or path.exists():
         raise UserError(f"data file {source} does not exist")
     else:
@@ -165,11 +167,11 @@ def build_datasets(data, tokenizer, seed: int = 0) -> Datasets:
     """Tokenized train (and validation) examples for a ``data:`` section."""
     if not data.path:
         raise UserError("no training data: set data.path (a .json/.jsonl file, a dataset name, or demo) or pass --data")
-    records = read_records(data.path, "train", data.limit, seed)
+    records = read_records(data.path, "train", data.limit, seed, data.encoding)
     check_records(records, data.path)
     val_records = None
     if data.val_path:
-        val_records = read_records(data.val_path, "test", data.val_limit, seed)
+        val_records = read_records(data.val_path, "test", data.val_limit, seed, data.encoding)
         check_records(val_records, data.val_path)
     elif data.val_fraction > 0:
         records, val_records = _split(records, data.val_fraction, seed)

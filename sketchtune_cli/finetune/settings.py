@@ -8,6 +8,7 @@ from ..settings_base import Section
 
 class DataSettings(Section):
     path: Optional[str] = Field(None, description="training data: LLM-Adapters/alpaca .json/.jsonl, a HF dataset name, or 'demo'")
+    encoding: str = Field("utf-8", description="text encoding of local data files (bytes invalid in it are refused, never replaced)")
     template: Literal["alpaca", "chat"] = "alpaca"
     max_seq_len: int = Field(2048, ge=8)
     val_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of the data held out for eval loss")
