@@ -238,3 +238,24 @@ def test_declared_encoding_reads_the_file(ws):
     from sketchtune_cli.compress.calibration import file_texts
 
     assert file_texts(ws / "latin1.txt", "latin-1")[0].startswith("café au lait")
+
+
+@pytest.mark.parametrize("raised, code, needle", [
+    (OSError(30, "Read-only file system", "/mnt/ro/out.partial"), 2, "cannot use /mnt/ro/out.partial: Read-only"),
+    (PermissionError(13, "Permission denied", "/data/x"), 2, "Permission denied"),
+    (OSError(28, "No space left on device"), 2, "free space"),
+    (UnicodeDecodeError("utf-8", b"ab\xff", 2, 3, "invalid"), 2,
+     "byte 0xff at offset 2"),
+    (ValueError("a bug"), 1, "ValueError: a bug"),  # not the user's doing: stays a bug report
+])
+def test_runtime_failures_the_user_caused_are_one_line_exit_2(raised, code, needle, capsys, monkeypatch):
+    """The safety net in `main` for what no early check caught (a disk filling up mid-run, ...)."""
+    import sketchtune_cli.inspect_cmd as inspect_cmd
+
+    def fail(path):
+        raise raised
+
+    monkeypatch.setattr(inspect_cmd, "summarize", fail)
+    got, out, err = helpers.run_cli(capsys, "inspect", "anything")
+    lines = err.strip().splitlines()
+    assert got == code and len(lines) == 1 and needle in lines[0], err
