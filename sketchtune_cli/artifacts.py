@@ -299,10 +299,16 @@ def seal(data: dict) -> dict:
     return {**data, SEAL_KEY: {"sha256": _digest(data), "fields": _field_digests(data)}}
 
 
+_WARNED_UNSEALED: set[str] = set()
+
+
 def check_seal(data: dict, mf: Path, major: int) -> None:
     """Refuse a manifest edited after it was written, naming the first field that no longer matches."""
     sealed = data.get(SEAL_KEY)
     if major < 2 and sealed is None:
+        if str(mf) in _WARNED_UNSEALED:  # readers often open one artifact several times: say it once
+            return
+        _WARNED_UNSEALED.add(str(mf))
         log.warning("%s is an unsealed format-%d manifest: edits to it cannot be detected; re-create the "
                     "artifact with this sketchtune to seal it", mf, major)
         return
