@@ -78,6 +78,8 @@ def read_records(source: str, split: str = "train", limit: int | None = None, se
     path = Path(source).expanduser()
     if path.is_file():
         records = _read_json_file(path, encoding)
+    elif path.is_dir():
+        raise UserError(f"data file {source} is a directory; give a .json/.jsonl file")
     elif path.suffix in (".json", ".jsonl") or source.startswith((".", "/", "~")) or path.exists():
         raise UserError(f"data file {source} does not exist")
     else:

@@ -171,6 +171,10 @@ CASES = [
     ("data-missing-file", ["finetune", "--base", "{ws}/sk", "-o", "{ws}/o", "data.path={ws}/none.json"], "does not exist"),
     ("data-unknown-encoding", ["finetune", "--base", "{ws}/sk", "-o", "{ws}/o", "data.path={ws}/ft_latin1.json",
                                "data.encoding=klingon"], "not a known text encoding"),
+    ("data-is-a-directory", ["finetune", "--base", "{ws}/sk", "-o", "{ws}/o", "data.path={ws}/nocfg"], "is a directory"),
+    ("finetune-output-unwritable", ["finetune", "--base", "{ws}/sk", "-o", "/proc/sketchtune-o", "data.path=demo"],
+     "cannot write"),
+    ("estimate-random-file", ["inspect", "--estimate", "{ws}/randfile"], "is a file, not a model"),
     ("base-not-an-artifact", ["finetune", "--base", "{ws}/tiny", "-o", "{ws}/o", "data.path=demo"], "not a sketchtune artifact"),
     # eval data
     ("eval-data-malformed", ["eval", "{ws}/sk", "--tasks", "gsm8k", "--data-dir", "{ws}/evbroken", "-o", "{ws}/o"],
