@@ -99,16 +99,16 @@ def refuse_if_held(partial: Path, out: Path) -> bool:
     holder = read_holder(partial)
     if holder is None:
         return False
-    if holder.job is not None and holder.job == _job_id():
-        return False
     alive = holder.alive()
+    if alive is False:  # dead on this host: stale, even if it was a rank of a launch like ours
+        return True
+    if holder.job is not None and holder.job == _job_id():
+        return False  # our own launch's main process holds it (other ranks check too)
     if alive:
         raise OutputLocked(f"output {out} is being written by a running sketchtune, {holder.describe()}; wait "
                            f"for it to finish or choose another -o")
-    if alive is None:
-        raise OutputLocked(f"output {out} is locked by {holder.describe()}, which cannot be checked from here; "
-                           f"if that run has ended, delete {lock_path(partial)} and retry")
-    return True
+    raise OutputLocked(f"output {out} is locked by {holder.describe()}, which cannot be checked from here; "
+                       f"if that run has ended, delete {lock_path(partial)} and retry")
 
 
 def acquire(partial: Path, out: Path, take_stale: bool) -> Holder:

@@ -167,3 +167,17 @@ def test_lock_from_another_host_is_reported_by_name(tmp_path):
         with pytest.raises(UserError, match="locked by pid 4242 on host gpu-node-17.*delete .*lock"):
             make(tmp_path, resume=resume)
     assert (partial_dir(out) / "lock").exists()
+
+
+def test_dead_holder_of_our_own_launch_is_stale(tmp_path, monkeypatch):
+    """A relaunched torchrun job has the same rendezvous address as the killed one: its dead rank 0's lock
+    must still count as stale, while a live one of the same launch is left alone."""
+    from sketchtune_cli.output_lock import refuse_if_held
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    job = "127.0.0.1:29500:"
+    _fake_lock(partial_dir(tmp_path / "a"), job=job)  # pid 1 with a wrong start time: dead
+    assert refuse_if_held(partial_dir(tmp_path / "a"), tmp_path / "a") is True
+    _fake_lock(partial_dir(tmp_path / "b"), job=job, pid=os.getpid(), process_start=None)
+    assert refuse_if_held(partial_dir(tmp_path / "b"), tmp_path / "b") is False
