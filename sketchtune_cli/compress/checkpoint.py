@@ -99,7 +99,7 @@ class Checkpointer:
         problem = ""
         for blocks in (done, done - 1):  # the latest checkpoint, else the one before it (0: the start)
             try:
-                resumed, ok = self._read(blocks, state["results"], device, offload), 1.0
+                resumed, ok = self._read(blocks, state["results"]), 1.0
             except READ_ERRORS as e:
                 resumed, ok = None, 0.0
                 problem = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
@@ -111,20 +111,21 @@ class Checkpointer:
             if blocks == 0:
                 return None
             log.info("resuming after %d finished blocks (%s)", blocks, self.dir.parent)
+            store = "cpu" if offload else device  # moved only now: a device error is not a damaged file
+            resumed.inputs = [h.to(store) for h in resumed.inputs]
             return resumed
         raise UserError(f"no readable checkpoint in {self.dir} ({problem}); delete {self.dir.parent} and run "
                         f"without --resume to start over")
 
-    def _read(self, blocks: int, results: dict, device, offload: bool) -> ResumeState | None:
-        """The state after ``blocks`` finished blocks, read in full before anything uses it."""
+    def _read(self, blocks: int, results: dict) -> ResumeState | None:
+        """The state after ``blocks`` finished blocks, read in full (on the CPU) before anything uses it."""
         if blocks == 0:
             return None
         sketches: dict[str, Sketch] = {}
         for b in range(blocks):
             sketches.update(self._read_sketches(self._block_file(b)))
         hidden = load_file(str(self._inputs_file(blocks)))["hidden"]
-        store = "cpu" if offload else device
-        inputs = [h.unsqueeze(0).to(store) for h in hidden]
+        inputs = [h.unsqueeze(0) for h in hidden]
         return ResumeState(blocks, {k: v for k, v in results.items() if k in sketches}, sketches, inputs)
 
     def _read_sketches(self, path: Path) -> dict[str, Sketch]:
