@@ -4,24 +4,35 @@ Writers build the artifact in a sibling ``<out>.partial`` directory and rename i
 is complete, so a crash never leaves a half artifact that looks whole (and a stage that checkpoints, e.g.
 compress or finetune, resumes from the ``.partial`` directory). Readers verify every file's sha256 and
 refuse unknown major versions or the wrong stage with a one-line error.
+
+Every output is locked while it is written (``<out>.partial/lock``, see :mod:`output_lock`), and the
+manifest is sealed (:func:`seal`): a hash over its canonical JSON plus one per field, so an edit of any field
+is refused by every reader with a line naming that field. Format 1 manifests (before the seal) are still
+read, with a warning that edits to them cannot be detected.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import __version__
+from . import __version__, output_lock
 from .errors import UserError
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "sketchtune.json"
-FORMAT_MAJOR = 1
+FORMAT_MAJOR = 2  # 2: sealed manifests (a "seal" key, which readers of major 1 do not know)
+SEAL_KEY = "seal"
 FORMAT_NAMES = {
     "sketch": "sketchtune.sketch",
     "finetune": "sketchtune.finetune",
@@ -38,11 +49,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _is_lock_file(rel: str) -> bool:
+    """The writer's lock and another run's attempt at it (``.lock.*``): not part of the artifact."""
+    return rel == output_lock.LOCK_NAME or ("/" not in rel and rel.startswith(f".{output_lock.LOCK_NAME}."))
+
+
 def _file_hashes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel != MANIFEST and not rel.startswith(skip):
+        if p.is_file() and rel != MANIFEST and not rel.startswith(skip) and not _is_lock_file(rel):
             out[rel] = sha256_file(p)
     return out
 
@@ -113,7 +129,7 @@ class ArtifactWriter:
             results=self.results,
         )
         tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest.to_json(), indent=2, default=str) + "\n")
+        tmp.write_text(json.dumps(seal(manifest.to_json()), indent=2) + "\n")
         os.replace(tmp, self.path / MANIFEST)
         if self.out.exists():
             if not overwrite:  # checked at start too; re-checked in case it appeared meanwhile
@@ -131,7 +147,10 @@ class ArtifactWriter:
 
 def check_output(out: Path, overwrite: bool, resume: bool = False) -> None:
     """Refuse to clobber: an existing artifact needs --overwrite; an interrupted run needs --resume or
-    removal."""
+    removal. A run that is writing ``out`` right now is reported as such (never as interrupted)."""
+    if partial_dir(out).exists():
+        output_lock.refuse_if_held(partial_dir(out), out)
+    check_writable(out)
     if out.exists() and not overwrite:
         raise UserError(f"output {out} exists; pass --overwrite to replace it or choose another -o")
     part = partial_dir(out)
@@ -139,6 +158,34 @@ def check_output(out: Path, overwrite: bool, resume: bool = False) -> None:
         raise UserError(
             f"an interrupted run left {part}; pass --resume to continue it or delete that directory"
         )
+
+
+def writable_problem(out: Path) -> str | None:
+    """Why ``out`` could not be created, or None: it must not be a file, and its nearest existing ancestor
+    must be a directory that takes a new entry (probed with a temporary directory, removed at once; root
+    passes permission bits, a read-only mount does not). The line names that ancestor, so stages writing
+    under the same one are reported once."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return f"cannot write {out}: it is a file, not a directory; remove it or choose another output"
+    place = out.absolute().parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        return f"cannot write outputs under {place}: it is a file, not a directory; choose another output"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".sketchtune-write-test-", dir=place))
+    except OSError as e:
+        why = "no write permission" if e.errno in (errno.EACCES, errno.EPERM) else f"it takes no new files ({e.strerror or e})"
+        return f"cannot write outputs under {place}: {why}; choose another output or fix its permissions"
+    return None
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work when ``out`` could not be created (:func:`writable_problem`)."""
+    problem = writable_problem(out)
+    if problem:
+        raise UserError(problem)
 
 
 @contextlib.contextmanager
@@ -163,15 +210,24 @@ def write_artifact(
     out = Path(out)
     check_output(out, overwrite, resume)
     writer = ArtifactWriter(out, stage, config, parent, unhashed)
-    if writer.path.exists() and not resume:
-        shutil.rmtree(writer.path)
+    existed = writer.path.exists()
     writer.path.mkdir(parents=True, exist_ok=True)
+    try:  # the lock decides between runs that passed check_output at the same moment
+        holder = output_lock.acquire(writer.path, out, take_stale=resume)
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                writer.path.rmdir()  # only when empty: the winner's lock stays
+        raise
     try:
         yield writer
         writer.manifest = writer.finish(overwrite)
+        output_lock.release(out, holder)
     except BaseException:
         if not keep_partial_on_error:
             shutil.rmtree(writer.path, ignore_errors=True)
+        else:
+            output_lock.release(writer.path, holder)
         raise
 
 
@@ -199,12 +255,17 @@ def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None, 
         raise UserError(
             f"{path} has format {data['format']}, newer than this sketchtune reads (major {FORMAT_MAJOR}); upgrade sketchtune"
         )
+    check_seal(data, mf, major)
     stages = (stage,) if isinstance(stage, str) else stage
     if stages and data["stage"] not in stages:
         article = "an" if data["stage"][0] in "aeiou" else "a"
         raise UserError(f"{path} is {article} {data['stage']} artifact, expected {' or '.join(stages)}")
     data.pop("content_hash", None)
-    manifest = Manifest(**data, path=path)
+    data.pop(SEAL_KEY, None)
+    try:
+        manifest = Manifest(**data, path=path)
+    except TypeError as e:  # a key missing or unknown: sealed manifests only get here when written so
+        raise UserError(f"{mf} is not a valid manifest ({e}); re-run the stage that wrote it") from None
     if verify:
         verify_files(manifest)
     return manifest
@@ -265,3 +326,61 @@ def lineage(manifest: Manifest) -> list[Manifest]:
         except UserError:
             break
     return chain
+
+
+# ---- the seal ------------------------------------------------------------------------------------------
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(_canonical(value)).hexdigest()
+
+
+def _field_digests(data: dict) -> dict[str, str]:
+    """One hash per top-level field and per key one level below (``results.summary``, ``files.x``), so a
+    mismatch can be named precisely without storing a copy of the manifest."""
+    out = {}
+    for key, value in data.items():
+        out[key] = _digest(value)
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                out[f"{key}.{sub}"] = _digest(v)
+    return out
+
+
+def seal(data: dict) -> dict:
+    """``data`` (as it will read back from JSON) with a ``seal``: sha256 of its canonical JSON and per-field
+    hashes."""
+    data = json.loads(json.dumps({k: v for k, v in data.items() if k != SEAL_KEY}, default=str))
+    return {**data, SEAL_KEY: {"sha256": _digest(data), "fields": _field_digests(data)}}
+
+
+_WARNED_UNSEALED: set[str] = set()
+
+
+def check_seal(data: dict, mf: Path, major: int) -> None:
+    """Refuse a manifest edited after it was written, naming the first field that no longer matches."""
+    sealed = data.get(SEAL_KEY)
+    if major < 2 and sealed is None:
+        if str(mf) in _WARNED_UNSEALED:  # readers often open one artifact several times: say it once
+            return
+        _WARNED_UNSEALED.add(str(mf))
+        log.warning("%s is an unsealed format-%d manifest: edits to it cannot be detected; re-create the "
+                    "artifact with this sketchtune to seal it", mf, major)
+        return
+    if not (isinstance(sealed, dict) and isinstance(sealed.get("sha256"), str)
+            and isinstance(sealed.get("fields"), dict)):
+        raise UserError(f"{mf} has no valid seal; the manifest was edited or damaged, re-run the stage that wrote it")
+    body = {k: v for k, v in data.items() if k != SEAL_KEY}
+    if _digest(body) == sealed["sha256"]:
+        return
+    now, then = _field_digests(body), sealed["fields"]
+    changed = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
+    # name the most precise field: a sub-key when one differs, else the top-level field
+    subs = [k for k in changed if "." in k and k.split(".", 1)[0] in body and k.split(".", 1)[0] in then]
+    name = (subs or changed or [SEAL_KEY])[0]
+    how = "was added" if name not in then else "was removed" if name not in now else "no longer matches its seal"
+    raise UserError(f"{mf}: field {name} {how}; the manifest was edited after it was written, re-run the "
+                    f"stage that wrote it")

@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         if debug:
             raise
+        from .failures import user_caused
+
+        message = user_caused(e)
+        if message is not None:  # the user's environment or files, not a bug: one line, exit 2
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
         print(f"error: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -59,6 +60,8 @@ def find_config_file(name: str) -> Path:
     p = Path(name).expanduser()
     if p.is_file():
         return p
+    if p.is_dir():
+        raise UserError(f"config file {name} is a directory; give a YAML file")
     bundled = bundled_config_dir() / f"{Path(name).stem}.yaml"
     if p.suffix in ("", ".yaml", ".yml") and "/" not in name and bundled.is_file():
         return bundled
@@ -66,18 +69,56 @@ def find_config_file(name: str) -> Path:
     raise UserError(f"config file {name} not found{hint}")
 
 
+# A config holds a few hundred values; YAML aliases (``*a``) can make a few lines expand to billions
+# (the "billion laughs"), which would hang anything that walks the result (validation, messages, hashing).
+MAX_CONFIG_VALUES = 100_000
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise UserError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise UserError(f"{path} nests deeper than YAML can be read; flatten it") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save "
+                        f"it as UTF-8") from None
+    if _expanded_size(data) > MAX_CONFIG_VALUES:
+        raise UserError(f"{path} expands to more than {MAX_CONFIG_VALUES:,} values through YAML aliases "
+                        f"(&anchor / *alias); write the values out instead")
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path} must be a YAML mapping of sections (model:, compress:, train: ...)")
     return data
+
+
+def _expanded_size(data: Any) -> int:
+    """How many values ``data`` holds once aliases are expanded, counted without expanding them: each
+    shared node's size is computed once (by identity), so a bomb is measured in microseconds."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key not in sizes:
+            sizes[key] = 0  # a recursive alias (&a [*a]) counts as one while it is being measured
+            children = list(node.values()) + list(node.keys()) if isinstance(node, dict) else node
+            sizes[key] = min(1 + sum(size(c) for c in children), MAX_CONFIG_VALUES + 1)
+        return sizes[key]
+
+    return size(data)
+
+
+def short_repr(value: Any) -> str:
+    """A bounded repr for messages: user values can be huge (or alias bombs)."""
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = 80, 80, 5, 5, 2
+    return r.repr(value)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -86,7 +127,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, _, raw = text.partition("=")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # not YAML (or absurdly nested): the value is the text itself
         value = raw
     return key.strip().split("."), value
 
@@ -123,10 +164,13 @@ def _explain(err: ValidationError) -> str:
         hint = f"; did you mean {'.'.join(loc[:-1] + close)}?" if close else f"; valid keys: {', '.join(valid)}"
         return f"unknown config key {path}{hint}"
     got = first.get("input")
-    return f"config key {path}: {first['msg']} (got {got!r})"
+    return f"config key {path}: {first['msg']} (got {short_repr(got)})"
 
 
 def build_config(data: dict, source: str = "config") -> RunConfig:
+    if _expanded_size(data) > MAX_CONFIG_VALUES:  # overrides are YAML too
+        raise UserError(f"{source}: the settings expand to more than {MAX_CONFIG_VALUES:,} values through YAML "
+                        f"aliases; write the values out instead")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:

@@ -28,7 +28,12 @@ def _tensor_sizes(root: Path) -> dict:
 
     out = {"lut_params": 0, "lut_bytes": 0, "code_bytes": 0, "dense_params": 0, "dense_bytes": 0, "layers": 0}
     for f in sorted(root.glob("*.safetensors")):
-        with safe_open(f, framework="pt") as st:
+        try:
+            st_ctx = safe_open(f, framework="pt")
+        except Exception as e:  # safetensors raises its own SafetensorError (and OSError) for a damaged header
+            raise UserError(f"{f} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:160]}); the "
+                            f"artifact is damaged, re-create it") from None
+        with st_ctx as st:
             for key in st.keys():
                 sl = st.get_slice(key)
                 numel = 1

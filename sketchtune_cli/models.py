@@ -7,6 +7,7 @@ install everywhere), dequantized once with transformers' GGUF loader and cached 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -17,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .errors import UserError
 
@@ -58,14 +60,59 @@ def resolve_model(spec: str) -> ModelRef:
     if p.suffix == ".gguf":
         if not p.is_file():
             raise UserError(f"GGUF file {p} does not exist")
+        _check_gguf(p)
         return ModelRef(spec, "gguf", str(p.parent), p.name)
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise UserError(f"{p} is a directory but not a Hugging Face model (no config.json)")
+        _check_config_json(p / "config.json")
         return ModelRef(spec, "local", str(p))
+    if p.exists():
+        raise UserError(f"model {name} is a file, not a model: give a Hugging Face model directory (with "
+                        f"config.json), a .gguf file, an alias ({', '.join(ALIASES)}) or a Hub id")
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UserError(f"model path {name} does not exist")
     return ModelRef(spec, "hub", name)
+
+
+def _check_gguf(path: Path) -> None:
+    """A GGUF file starts with the magic bytes ``GGUF``: checked before transformers parses it."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise UserError(f"cannot read model file {path} ({e.strerror})") from None
+    if magic != b"GGUF":
+        raise UserError(f"model file {path} is not a GGUF file (it does not start with the GGUF magic bytes); "
+                        f"give a real .gguf file or a Hugging Face model directory")
+
+
+def _check_config_json(path: Path) -> None:
+    """A local model's config.json must be a JSON object: otherwise transformers' error blames the Hub."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        raise UserError(f"{path} is not valid JSON ({reason}); restore the model's config.json") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise UserError(f"{path} has no model_type; restore the model's config.json")
+
+
+@contextlib.contextmanager
+def quiet_progress():
+    """Hide transformers' own progress bars ("Loading weights", ...) while a model loads: loading is not
+    the stage's work, and an error that follows should be the only line on stderr. Hub downloads keep
+    theirs (huggingface_hub draws those)."""
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(hf_logging, "set_tqdm_hook"):  # older transformers: no per-bar hook
+        yield
+        return
+    previous = hf_logging.set_tqdm_hook(lambda factory, args, kwargs: hf_logging.EmptyTqdm(*args, **kwargs))
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
 
 
 def embedded_gguf_path() -> Path:
@@ -89,9 +136,10 @@ def embedded_model_dir() -> Path:
 
     gguf = embedded_gguf_path()
     log.info("converting the embedded GGUF %s to safetensors in %s (once)", gguf.name, target)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **_gguf_kwargs()
-    )
+    with quiet_progress():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **_gguf_kwargs()
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -135,6 +183,17 @@ def torch_dtype(name: str | torch.dtype, device: str = "cpu") -> torch.dtype:
     return table[name]
 
 
+def _short(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+
+
+def _load_error(spec: str, err: Exception) -> UserError:
+    """A local model that fails to load is not a Hub problem: say what failed instead."""
+    if resolve_model(spec).kind in ("local", "gguf"):
+        return UserError(f"cannot load model {spec} ({_short(err)}); check its files")
+    return _hub_error(spec, err)
+
+
 def _hub_error(spec: str, err: Exception) -> UserError:
     return UserError(
         f"model {spec!r} is neither an alias ({', '.join(ALIASES)}), a local directory nor reachable on the "
@@ -150,7 +209,7 @@ def load_tokenizer(spec: str):
     try:
         return AutoTokenizer.from_pretrained(location, **kwargs)
     except OSError as e:
-        raise _hub_error(spec, e) from None
+        raise _load_error(spec, e) from None
 
 
 def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"):
@@ -161,9 +220,13 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
     if "gguf_file" in kwargs:
         kwargs.update(_gguf_kwargs())
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype, device), **kwargs)
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype, device), **kwargs)
     except OSError as e:
-        raise _hub_error(spec, e) from None
+        raise _load_error(spec, e) from None
+    except SafetensorError as e:
+        raise UserError(f"the weights of model {spec} cannot be read ({_short(e)}); the files are damaged or "
+                        f"incomplete, download them again") from None
     tokenizer = load_tokenizer(spec)
     return model.to(device).eval(), tokenizer
 
@@ -187,7 +250,23 @@ def load_model_config(spec: str):
     try:
         return AutoConfig.from_pretrained(location, **kwargs)
     except OSError as e:
-        raise _hub_error(spec, e) from None
+        raise _load_error(spec, e) from None
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence a model's position embeddings cover (None when its config does not say)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def check_seq_len(config, seq_len: int, option: str) -> None:
+    """Refuse sequences longer than the model's positions before any work: they would grind and produce
+    garbage (positions past the trained range)."""
+    limit = max_positions(config)
+    if limit is not None and seq_len > limit:
+        raise UserError(f"{option} {seq_len} exceeds the model's {limit} positions (max_position_embeddings); "
+                        f"use {option} {limit} or less")
 
 
 def meta_model(config):

@@ -73,16 +73,11 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def writable_problems(out: Path) -> list[str]:
-    """``out`` can be created: its nearest existing ancestor is a directory this user may write to. The
-    line names that ancestor, so stages writing under the same one report it once."""
-    if Path(out).exists() and not Path(out).is_dir():
-        return [f"cannot write {out}: it is a file, not a directory; remove it or choose another output"]
-    anchor = _existing_ancestor(Path(out).parent)
-    if not anchor.is_dir():
-        return [f"cannot write outputs under {anchor}: it is a file, not a directory; choose another output"]
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        return [f"cannot write outputs under {anchor}: no write permission; choose another output"]
-    return []
+    """``out`` can be created (``artifacts.writable_problem``), as a problem list."""
+    from .artifacts import writable_problem
+
+    problem = writable_problem(out)
+    return [problem] if problem else []
 
 
 def output_problems(out: Path, overwrite: bool, resume: bool = False) -> list[str]:
@@ -102,8 +97,8 @@ def disk_problems(needs: list[tuple[Path, int]]) -> list[str]:
     by_fs: dict[int, list] = {}
     for out, size in needs:
         anchor = _existing_ancestor(Path(out))
-        if not anchor.is_dir():
-            continue  # reported by writable_problems
+        if writable_problems(out):
+            continue  # reported as such; its free space means nothing
         entry = by_fs.setdefault(anchor.stat().st_dev, [anchor, 0, []])
         entry[1] += size
         entry[2].append(str(out))

@@ -26,6 +26,7 @@ import torch
 from ..errors import UserError
 from ..prompts import render_alpaca
 from ..remote import Fetched, is_url
+from ..textfiles import read_text
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,13 @@ class Calibration:
             {"fetched": self.fetched} if self.fetched else {})
 
 
-def load_calibration(source: str, tokenizer, num_samples: int, seq_len: int, seed: int = 0) -> Calibration:
+def load_calibration(source: str, tokenizer, num_samples: int, seq_len: int, seed: int = 0,
+                     encoding: str = "utf-8") -> Calibration:
     """Token windows ``[N, L]`` from ``source`` (see the module docstring). Fewer windows than asked is a
     logged reduction of N; not even one window is a UserError."""
     budget = num_samples * seq_len * CHARS_PER_TOKEN_BUDGET
     while True:  # read more text only when the tokenizer packs more characters per token than assumed
-        docs = calibration_texts(source, seed, budget)
+        docs = calibration_texts(source, seed, budget, encoding)
         stream = tokenize_stream(docs, tokenizer)
         if len(stream) >= num_samples * seq_len or sum(map(len, docs)) < budget:
             break
@@ -71,14 +73,14 @@ def load_calibration(source: str, tokenizer, num_samples: int, seq_len: int, see
     return Calibration(ids, source, num_samples, len(stream), fetched)
 
 
-def calibration_texts(source: str, seed: int, char_budget: int) -> list[str]:
+def calibration_texts(source: str, seed: int, char_budget: int, encoding: str = "utf-8") -> list[str]:
     """The documents of a source, shuffled with ``seed`` and cut to about ``char_budget`` characters."""
     if source == "builtin":
         docs = builtin_texts()
     elif is_url(source):
-        docs = file_texts(fetch_calibration_file(source).path)
+        docs = file_texts(fetch_calibration_file(source).path, encoding)
     elif _looks_like_file(source):
-        docs = file_texts(Path(source).expanduser())
+        docs = file_texts(Path(source).expanduser(), encoding)
     else:
         docs = hf_texts(source, seed, char_budget)
     docs = [d for d in docs if d.strip()]
@@ -118,9 +120,9 @@ def calib_problems(compress) -> list[str]:
         if source == "builtin":
             return []
         if is_url(source):
-            file_texts(fetch_calibration_file(source).path)
+            file_texts(fetch_calibration_file(source).path, compress.calib_encoding)
         elif _looks_like_file(source):
-            file_texts(Path(source).expanduser())
+            file_texts(Path(source).expanduser(), compress.calib_encoding)
         else:
             _check_hf_source(source)
     except UserError as e:
@@ -160,9 +162,10 @@ def builtin_texts() -> list[str]:
     return [topics[k] for k in sorted(topics)]
 
 
-def file_texts(path: Path) -> list[str]:
-    """A .txt file is one document; .json (a list) and .jsonl (one per line) hold records."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+def file_texts(path: Path, encoding: str = "utf-8") -> list[str]:
+    """A .txt file is one document; .json (a list) and .jsonl (one per line) hold records. Text that is not
+    valid in ``encoding`` is refused (see :mod:`textfiles`), never replaced."""
+    text = read_text(path, encoding, "calibration file", "compress.calib_encoding")
     if not text.strip():
         raise UserError(f"calibration file {path} is empty; give a file with text")
     suffix = path.suffix.lower()

@@ -3,9 +3,10 @@
 After each finished block: every rank writes the next block's inputs (its share of the calibration
 activations), rank 0 writes the block's sketches (LUTs + unpacked codes) and then ``state.json``
 (config hash, world size, blocks done, per-layer results). ``state.json`` is replaced atomically and
-written last, so it never points at a file that is not complete; stale input files are deleted only after
-it moved on. Saving the activations rather than recomputing them makes a resumed run bit-identical to an
-uninterrupted one. Safetensors + JSON only.
+written last, so it never points at a file that is not complete; input files are deleted two blocks later,
+so the checkpoint before the latest stays usable: a resume that cannot read the latest (a truncated file, a
+bad disk block) says so in one line and continues from the one before. Saving the activations rather than
+recomputing them makes a resumed run bit-identical to an uninterrupted one. Safetensors + JSON only.
 
 Test hook: ``SKETCHTUNE_TEST_CRASH_AFTER_BLOCK=i`` makes the process exit (code 75) right after block i's
 checkpoint is complete, to test resume against a real crash.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
@@ -31,6 +33,8 @@ CHECKPOINT_DIR = "checkpoints"
 STATE = "state.json"
 STATE_FORMAT = "sketchtune.compress-checkpoint/1"
 CRASH_ENV = "SKETCHTUNE_TEST_CRASH_AFTER_BLOCK"
+# what a damaged checkpoint file raises when read (a truncated safetensors, a missing or renamed tensor)
+READ_ERRORS = (OSError, SafetensorError, KeyError, ValueError, RuntimeError)
 
 
 @dataclass
@@ -92,14 +96,37 @@ class Checkpointer:
         if done == 0:
             return None
         state = read_state(self.dir)
+        problem = ""
+        for blocks in (done, done - 1):  # the latest checkpoint, else the one before it (0: the start)
+            try:
+                resumed, ok = self._read(blocks, state["results"]), 1.0
+            except READ_ERRORS as e:
+                resumed, ok = None, 0.0
+                problem = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                log.warning("cannot read the checkpoint after %d blocks in %s (%s)", blocks, self.dir, problem)
+            if -self.dist.all_max(-ok) < 1.0:  # every rank must resume from the same block
+                continue
+            if blocks < done:
+                log.warning("resuming from the previous checkpoint (after %d blocks)", blocks)
+            if blocks == 0:
+                return None
+            log.info("resuming after %d finished blocks (%s)", blocks, self.dir.parent)
+            store = "cpu" if offload else device  # moved only now: a device error is not a damaged file
+            resumed.inputs = [h.to(store) for h in resumed.inputs]
+            return resumed
+        raise UserError(f"no readable checkpoint in {self.dir} ({problem}); delete {self.dir.parent} and run "
+                        f"without --resume to start over")
+
+    def _read(self, blocks: int, results: dict) -> ResumeState | None:
+        """The state after ``blocks`` finished blocks, read in full (on the CPU) before anything uses it."""
+        if blocks == 0:
+            return None
         sketches: dict[str, Sketch] = {}
-        for b in range(done):
+        for b in range(blocks):
             sketches.update(self._read_sketches(self._block_file(b)))
-        hidden = load_file(str(self._inputs_file(done)))["hidden"]
-        store = "cpu" if offload else device
-        inputs = [h.unsqueeze(0).to(store) for h in hidden]
-        log.info("resuming after %d finished blocks (%s)", done, self.dir.parent)
-        return ResumeState(done, state["results"], sketches, inputs)
+        hidden = load_file(str(self._inputs_file(blocks)))["hidden"]
+        inputs = [h.unsqueeze(0) for h in hidden]
+        return ResumeState(blocks, {k: v for k, v in results.items() if k in sketches}, sketches, inputs)
 
     def _read_sketches(self, path: Path) -> dict[str, Sketch]:
         tensors = load_file(str(path))
@@ -126,7 +153,7 @@ class Checkpointer:
             tmp.write_text(json.dumps(state, indent=1) + "\n")
             os.replace(tmp, self.dir / STATE)
         self.dist.barrier()
-        self._inputs_file(block).unlink(missing_ok=True)
+        self._inputs_file(block - 1).unlink(missing_ok=True)  # keeps this block's inputs: the fallback
         _maybe_crash(block)
 
 

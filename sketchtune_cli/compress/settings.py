@@ -10,6 +10,7 @@ class CompressSettings(Section):
     bits: Literal[2, 3, 4] = 4
     groups_per_row: int = Field(4, ge=1, description="LUTs per row; must divide every sketched layer's in_features")
     calib: str = Field("c4", description="calibration data: a HF dataset name (c4, wikitext...), a .txt/.json/.jsonl file or its http(s) URL, or 'builtin'")
+    calib_encoding: str = Field("utf-8", description="text encoding of a local calibration file (bytes invalid in it are refused, never replaced)")
     num_samples: int = Field(128, ge=1, description="calibration sequences")
     seq_len: int = Field(2048, ge=8, description="tokens per calibration sequence")
     seed: int = 0

@@ -19,7 +19,7 @@ import torch
 from ..artifacts import check_output, partial_dir, write_artifact
 from ..errors import UserError
 from ..config import RunConfig
-from ..models import load_model, torch_dtype
+from ..models import check_seq_len, load_model, load_model_config, torch_dtype
 from ..sketch import find_target_linears, replace_with_sketches, save_sketch
 from . import distributed
 from .calibration import load_calibration
@@ -56,10 +56,12 @@ def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bo
     check_output(out, overwrite, resume)
     if resume:
         check_resumable(partial_dir(out) / CHECKPOINT_DIR, chash, dist.world_size)
+    check_seq_len(load_model_config(cfg.model.name), settings.seq_len, "--seq-len")
     device = resolve_device(settings.device, dist)
     model, tokenizer = load_model(cfg.model.name, dtype=torch_dtype(cfg.model.dtype, str(device)), device="cpu")
     check_targets(find_target_linears(model, settings.targets, settings.ignore), settings)
-    calib = load_calibration(settings.calib, tokenizer, settings.num_samples, settings.seq_len, settings.seed)
+    calib = load_calibration(settings.calib, tokenizer, settings.num_samples, settings.seq_len, settings.seed,
+                             settings.calib_encoding)
     if calib.num_samples < dist.world_size:
         raise UserError(f"{calib.num_samples} calibration samples cannot be shared by {dist.world_size} processes")
     log.info("compress %s -> %s: %d x %d calibration tokens from %s, %d bits, %d groups per row, device %s%s",

@@ -126,6 +126,7 @@ def check_data(paper: list[str], data_dir: str | Path | None) -> None:
         path = PAPER_TASKS[name].data_file(data_dir)
         if not path.is_file():
             raise UserError(f"task {name}: data file {path} not found (expected <data-dir>/{PAPER_TASKS[name].folder}/test.json)")
+        check_test_records(name, path)
 
 
 def repo_test_file(name: str) -> str:
@@ -189,3 +190,23 @@ def _harness_problems(harness: list[str]) -> list[str]:
     return [f"unknown task {name!r}: neither a bundled paper-protocol task (st_*, math, commonsense; see "
             "`sketchtune eval --help`) nor an lm-eval task (`lm-eval ls tasks` lists those)"
             for name in harness if name not in known]
+
+
+def check_test_records(name: str, path: Path) -> None:
+    """The test file must be a non-empty JSON list of objects with ``instruction`` and ``answer``: lm-eval's
+    own error for anything else comes after the model has loaded, as a many-line DatasetGenerationError."""
+    import json
+
+    from ..textfiles import read_text
+
+    try:
+        records = json.loads(read_text(path, "utf-8", "data file"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"task {name}: {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(records, list) or not records:
+        what = "an empty list" if records == [] else f"a JSON {type(records).__name__}"
+        raise UserError(f"task {name}: {path} holds {what}; it must be a JSON list of records "
+                        f"(instruction, answer)")
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or not isinstance(rec.get("instruction"), str) or "answer" not in rec:
+            raise UserError(f"task {name}: record {i} of {path} lacks a string `instruction` or an `answer`")

@@ -28,7 +28,10 @@ def load_export(manifest: Manifest, device: str = "cpu", dtype: torch.dtype | No
     if fmt == "hf-dense":
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto")
+        from ..models import quiet_progress
+
+        with quiet_progress():  # loading is not the stage's work: no third-party bar before its own lines
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto")
         return model.to(device).eval(), load_tokenizer_if_any(path)
     if fmt == "hf-sketch":
         return load_sketch(path, device=device, dtype=dtype), load_tokenizer_if_any(path)

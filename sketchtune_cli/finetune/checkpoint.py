@@ -6,7 +6,9 @@ A checkpoint is ``checkpoints/step-NNNNNNN/`` with
   ``rng.safetensors``        torch CPU/CUDA and numpy generator states,
   ``state.json``             step, config fingerprint, optimizer groups, scheduler, python RNG, counters.
 It is written into a temporary directory and renamed, then ``checkpoints/latest.json`` is replaced
-atomically, so a kill at any moment leaves the previous checkpoint usable.
+atomically, so a kill at any moment leaves the previous checkpoint usable. The two newest are kept: a resume
+that cannot read the newest (a truncated file, a damaged ``state.json``) says so in one line and uses the
+one before (:func:`candidates`).
 
 Under FSDP the LUTs and their optimizer states are sharded DTensors: they are gathered into full tensors
 before saving (:func:`full_optimizer_state`, on every process) and re-sharded on load, so the files are the
@@ -15,6 +17,7 @@ same whatever the process count or DDP/FSDP, and a run can resume under another 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -22,11 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest.json"
 KEEP = 2
+# what a damaged checkpoint raises when read: truncated safetensors, broken JSON, a missing file or key
+READ_ERRORS = (OSError, SafetensorError, ValueError, KeyError, TypeError, RuntimeError)
 
 
 def _jsonable(obj):
@@ -154,35 +164,94 @@ def _prune(ck_root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def candidates(root: Path) -> list[Path]:
+    """Checkpoint directories under ``root`` to resume from, best first: the one ``latest.json`` names,
+    then the other complete ones, newest first (a damaged ``latest.json`` only loses its preference)."""
+    ck_root = Path(root) / CKPT_DIR
+    found = sorted((p for p in ck_root.glob("step-*") if (p / "state.json").is_file()), reverse=True)
+    try:
+        named = ck_root / json.loads((ck_root / LATEST).read_text())["dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return found
+    return [named] + [p for p in found if p != named] if named in found else found
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The directory of the newest complete checkpoint under ``root``, or None."""
-    pointer = Path(root) / CKPT_DIR / LATEST
-    if not pointer.is_file():
-        return None
-    ck = Path(root) / CKPT_DIR / json.loads(pointer.read_text())["dir"]
-    return ck if (ck / "state.json").is_file() else None
+    found = candidates(root)
+    return found[0] if found else None
+
+
+def first_readable_state(root: Path) -> tuple[Path, dict] | None:
+    """The best checkpoint whose ``state.json`` reads, with that state; None when there is no checkpoint.
+    Raises UserError when there are checkpoints but none reads."""
+    found = candidates(root)
+    for ck in found:
+        try:
+            return ck, read_state(ck)
+        except READ_ERRORS:  # load_latest reports it, once, when it gets there
+            continue
+    if found:
+        raise UserError(f"no readable checkpoint in {Path(root) / CKPT_DIR}; delete {root} and run without "
+                        f"--resume to start over")
+    return None
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
 
 
 def read_state(ck: Path) -> dict:
     return json.loads((ck / "state.json").read_text())
 
 
+def load_latest(root: Path, params: dict[str, torch.nn.Parameter], optimizer, scheduler) -> tuple[Path, dict] | None:
+    """Restore from the best readable checkpoint under ``root`` (:func:`candidates`), reporting each one
+    that fails to read in one line; None when there is none. Raises UserError when none reads."""
+    found = candidates(root)
+    problem = ""
+    for ck in found:
+        try:
+            files = _read_files(ck)
+        except READ_ERRORS as e:
+            problem = _reason(e)
+            log.warning("cannot read checkpoint %s (%s); trying the previous one", ck, problem)
+            continue
+        return ck, _apply(ck, files, params, optimizer, scheduler)
+    if found:
+        raise UserError(f"no readable checkpoint in {Path(root) / CKPT_DIR} ({problem}); delete {root} and run "
+                        f"without --resume to start over")
+    return None
+
+
+def _read_files(ck: Path) -> tuple[dict, dict, dict, dict]:
+    """Everything a checkpoint holds, read before any of it is applied (a damaged file changes nothing)."""
+    state = read_state(ck)
+    for key in ("step", "optimizer", "scheduler", "rng"):
+        state[key]  # noqa: B018 - a KeyError here marks the checkpoint unreadable
+    return (state, load_file(str(ck / "luts.safetensors")), load_file(str(ck / "optimizer.safetensors")),
+            load_file(str(ck / "rng.safetensors")))
+
+
 def load_checkpoint(ck: Path, params: dict[str, torch.nn.Parameter], optimizer, scheduler) -> dict:
     """Restore LUTs, optimizer, scheduler and RNG from ``ck``; returns its state.json. ``params`` may be
     FSDP-sharded DTensors: each process then keeps its shard of the full tensors in the files."""
-    state = read_state(ck)
-    luts = load_file(str(ck / "luts.safetensors"))
+    return _apply(ck, _read_files(ck), params, optimizer, scheduler)
+
+
+def _apply(ck: Path, files: tuple[dict, dict, dict, dict], params, optimizer, scheduler) -> dict:
+    state, luts, opt_tensors, rng = files
     if set(luts) != set(params):
         raise ValueError(f"checkpoint {ck} holds other LUTs than this model ({len(luts)} vs {len(params)})")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(_like(luts[name], p))
-    opt = optimizer_state(load_file(str(ck / "optimizer.safetensors")), state["optimizer"])
+    opt = optimizer_state(opt_tensors, state["optimizer"])
     ordered = [p for g in optimizer.param_groups for p in g["params"]]  # state_dict's indices follow this order
     for idx, st in opt["state"].items():
         if idx < len(ordered):
             opt["state"][idx] = {k: _like(v, ordered[idx]) for k, v in st.items()}
     optimizer.load_state_dict(opt)
     scheduler.load_state_dict(state["scheduler"])
-    restore_rng(load_file(str(ck / "rng.safetensors")), state["rng"])
+    restore_rng(rng, state["rng"])
     return state

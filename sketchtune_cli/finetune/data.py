@@ -20,6 +20,7 @@ import torch
 
 from ..errors import UserError
 from ..prompts import render_alpaca
+from ..textfiles import read_text
 from .demo_data import demo_records
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ class Source:
     info: dict  # what was read: {"path": ...} plus url/sha256/verified, or the Hub name/split
 
 
-def _read_json_file(path: Path, name: str | None = None) -> list:
-    text = path.read_text(encoding="utf-8")
+def _read_json_file(path: Path, name: str | None = None, encoding: str = "utf-8") -> list:
+    text = read_text(path, encoding, "data file", "data.encoding")
     try:
         if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
             return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -92,10 +93,12 @@ def _read_hf_dataset(source: str, split: str) -> list:
         ) from None
 
 
-def load_source(source: str, split: str = "train", limit: int | None = None, seed: int = 0) -> Source:
+def load_source(source: str, split: str = "train", limit: int | None = None, seed: int = 0,
+                encoding: str = "utf-8") -> Source:
     """Records of ``source`` with where they came from: a local .json/.jsonl file, an http(s) URL of one
     (fetched once into the cache, see :mod:`sketchtune_cli.remote`), ``demo`` (``split`` picks train or
-    held-out problems) or a Hugging Face dataset ``name[:subset]`` (``split``)."""
+    held-out problems) or a Hugging Face dataset ``name[:subset]`` (``split``). Files are decoded with
+    ``encoding``; invalid bytes are refused."""
     from ..llm_adapters import fetch_url
     from ..remote import is_url
 
@@ -103,11 +106,13 @@ def load_source(source: str, split: str = "train", limit: int | None = None, see
         return Source(demo_records(split, n=limit or DEMO_SIZES[split], seed=seed), {"path": DEMO})
     if is_url(source):
         got = fetch_url(source, instead="download it and pass data.path=LOCAL_FILE (or --data LOCAL_FILE)")
-        records, info = _read_json_file(got.path, source), {"path": source, **got.describe()}
+        records, info = _read_json_file(got.path, source, encoding), {"path": source, **got.describe()}
     else:
         path = Path(source).expanduser()
         if path.is_file():
-            records, info = _read_json_file(path), {"path": str(path.resolve())}
+            records, info = _read_json_file(path, encoding=encoding), {"path": str(path.resolve())}
+        elif path.is_dir():
+            raise UserError(f"data file {source} is a directory; give a .json/.jsonl file")
         elif path.suffix in (".json", ".jsonl") or source.startswith((".", "/", "~")) or path.exists():
             raise UserError(f"data file {source} does not exist")
         else:
@@ -118,9 +123,10 @@ def load_source(source: str, split: str = "train", limit: int | None = None, see
     return Source(records[:limit] if limit else records, info)
 
 
-def read_records(source: str, split: str = "train", limit: int | None = None, seed: int = 0) -> list[dict]:
+def read_records(source: str, split: str = "train", limit: int | None = None, seed: int = 0,
+                 encoding: str = "utf-8") -> list[dict]:
     """Records of ``source`` (see :func:`load_source`)."""
-    return load_source(source, split, limit, seed).records
+    return load_source(source, split, limit, seed, encoding).records
 
 
 def _field(columns: dict | None, name: str) -> str:
@@ -205,14 +211,14 @@ def data_problems(data) -> tuple[int | None, list[str]]:
         return None, ["no training data: set data.path (a .json/.jsonl file or URL, a dataset name, or demo) or pass --data"]
     n, problems = None, []
     try:
-        records = read_records(data.path, data.split, data.limit)
+        records = read_records(data.path, data.split, data.limit, encoding=data.encoding)
         n = len(records)
         problems += record_problems(records, data.path, data.columns)
     except UserError as e:
         problems.append(str(e))
     if data.val_path:  # checked even when the training data is unreadable: every problem at once
         try:
-            val = read_records(data.val_path, "test", data.val_limit)
+            val = read_records(data.val_path, "test", data.val_limit, encoding=data.encoding)
             problems += record_problems(val, data.val_path, data.columns)
         except UserError as e:
             problems.append(str(e))
@@ -314,12 +320,12 @@ def build_datasets(data, tokenizer, seed: int = 0) -> Datasets:
     """Tokenized train (and validation) examples for a ``data:`` section."""
     if not data.path:
         raise UserError("no training data: set data.path (a .json/.jsonl file or URL, a dataset name, or demo) or pass --data")
-    source = load_source(data.path, data.split, data.limit, seed)
+    source = load_source(data.path, data.split, data.limit, seed, data.encoding)
     check_records(source.records, data.path, data.columns)
     records = [normalize(r, data.columns) for r in source.records]
     val_records, val_info = None, None
     if data.val_path:
-        val_source = load_source(data.val_path, "test", data.val_limit, seed)
+        val_source = load_source(data.val_path, "test", data.val_limit, seed, data.encoding)
         check_records(val_source.records, data.val_path, data.columns)
         val_records, val_info = [normalize(r, data.columns) for r in val_source.records], val_source.info
     elif data.val_fraction > 0:

@@ -11,6 +11,7 @@ class DataSettings(Section):
     split: str = Field("train", description="split of a HF dataset named by data.path")
     columns: Optional[dict[Literal["instruction", "input", "output", "messages"], str]] = Field(
         None, description="field names of another schema, e.g. {instruction: question, output: answer}")
+    encoding: str = Field("utf-8", description="text encoding of local data files (bytes invalid in it are refused, never replaced)")
     template: Literal["alpaca", "chat"] = "alpaca"
     max_seq_len: int = Field(2048, ge=8)
     val_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of the data held out for eval loss")

@@ -21,6 +21,7 @@ from ..artifacts import Manifest, check_output, is_artifact, partial_dir, read_m
 from ..errors import UserError
 from ..loading import LUT_ADAPTER, load_sketch_artifact
 from ..models import torch_dtype
+from ..output_lock import OutputLocked
 from . import checkpoint as ckpt
 from .data import build_datasets
 from .interface import STAGE
@@ -60,10 +61,10 @@ def fingerprint(sections: dict, base: Manifest) -> str:
 
 def check_resume(out: Path, fp: str) -> bool:
     """True when an interrupted run's checkpoint exists; refuses one made with another configuration."""
-    ck = ckpt.latest_checkpoint(partial_dir(out))
-    if ck is None:
+    found = ckpt.first_readable_state(partial_dir(out))
+    if found is None:
         return False
-    state = ckpt.read_state(ck)
+    state = found[1]
     if state.get("fingerprint") != fp:
         raise UserError(
             f"cannot resume {partial_dir(out)}: it was started with another data/train config or base; "
@@ -117,6 +118,8 @@ def _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sectio
             if cfg.logging.plots:
                 plot_losses(trainer.metrics, writer.path / LOSS_PLOT)
             writer.results = {**results, "data": data.stats, "lut_dtype": "float32"}
+    except OutputLocked:  # another run's directory (or an interrupted one to resume): not ours to clean
+        raise
     except BaseException:
         # keep the partial directory only when it holds a checkpoint worth resuming
         if ckpt.latest_checkpoint(partial_dir(out)) is None:

@@ -249,11 +249,11 @@ class Trainer:
         self.metrics = MetricsLog(self.root, self.start_step, enabled=write and accelerator.is_main_process)
 
     def _restore(self) -> None:
-        ck = ckpt.latest_checkpoint(self.root)
-        if ck is None:
+        loaded = ckpt.load_latest(self.root, self.luts, self.optimizer, self.scheduler)
+        if loaded is None:
             log.info("no checkpoint in %s: starting from step 0", self.root)
             return
-        state = ckpt.load_checkpoint(ck, self.luts, self.optimizer, self.scheduler)
+        ck, state = loaded
         self.start_step, self.counters = state["step"], state["counters"]
         log.info("resumed from %s (step %d of %d)", ck.name, self.start_step, self.plan.total_steps)
 

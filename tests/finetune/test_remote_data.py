@@ -270,7 +270,7 @@ def test_eval_sets_fetched_verified_and_data_dir_takes_precedence(online, monkey
                                                        "dataset/SVAMP/test.json": Pin(sha256="0" * 64)})
     local = tmp_path / "mine"
     (local / "gsm8k").mkdir(parents=True)
-    (local / "gsm8k" / "test.json").write_bytes(b"[]")
+    (local / "gsm8k" / "test.json").write_bytes(_json([{"instruction": "2+2?", "answer": "4"}]))  # not the pinned bytes
     with Loopback({"/dataset/gsm8k/test.json": gsm, "/dataset/SVAMP/test.json": gsm}) as srv:
         monkeypatch.setenv(llm_adapters.BASE_ENV, srv.url)
         # $SKETCHTUNE_DATA (or --data-dir) wins and is read as it is, offline: nothing is fetched

@@ -186,3 +186,55 @@ def test_resume_after_the_base_moved(trained, tiny_base, tmp_path):
     assert code == 0, err
     a, b = load_file(str(out / LUT_ADAPTER)), load_file(str(target / LUT_ADAPTER))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tiny_base, tmp_path_factory):
+    """The `trained` recipe checkpointing every 3 steps: steps 6 and 8 are kept."""
+    out = tmp_path_factory.mktemp("ft2") / "run"
+    code, _, stderr = run_cli(
+        "finetune", "--base", str(tiny_base), "-o", str(out), *FAST, "data.limit=8", "train.max_steps=8",
+        "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4", "train.eval_every=4", "train.save_every=3",
+    )
+    assert code == 0, stderr
+    return out
+
+
+@pytest.mark.parametrize("damage", ["truncate_luts", "break_state"])
+def test_resume_falls_back_from_a_damaged_checkpoint(trained, two_checkpoints, tiny_base, tmp_path, damage):
+    """The newest checkpoint cannot be read: one line says so, the previous one is used, and the final LUTs
+    equal the straight run's."""
+    out, _, _ = trained
+    target = tmp_path / "again"
+    shutil.copytree(two_checkpoints / "checkpoints", partial_dir(target) / "checkpoints")
+    steps = sorted((partial_dir(target) / "checkpoints").glob("step-*"))
+    assert len(steps) == 2
+    newest = steps[-1]
+    if damage == "truncate_luts":
+        f = newest / "luts.safetensors"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    else:
+        (newest / "state.json").write_text("{not json")
+    same = ["finetune", "--base", str(tiny_base), "-o", str(target), *FAST, "data.limit=8", "train.max_steps=8",
+            "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4", "train.eval_every=4", "--resume"]
+    code, _, err = run_cli(*same)
+    assert code == 0, err
+    flat = " ".join(err.split())  # rich wraps long log lines at the terminal width
+    assert flat.count("cannot read checkpoint") == 1 and f"{newest.name} (" in flat
+    assert f"resumed from {steps[0].name}" in flat
+    a, b = load_file(str(out / LUT_ADAPTER)), load_file(str(target / LUT_ADAPTER))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_no_readable_checkpoint_says_how_to_start_over(two_checkpoints, tiny_base, tmp_path):
+    target = tmp_path / "again"
+    shutil.copytree(two_checkpoints / "checkpoints", partial_dir(target) / "checkpoints")
+    for ck in (partial_dir(target) / "checkpoints").glob("step-*"):
+        (ck / "rng.safetensors").write_bytes(b"\0" * 7)
+    before = _tree_digest(partial_dir(target))
+    code, _, err = run_cli("finetune", "--base", str(tiny_base), "-o", str(target), *FAST, "data.limit=8",
+                           "train.max_steps=8", "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4",
+                           "train.eval_every=4", "--resume")
+    msg = _one_line_error(code, err)
+    assert "no readable checkpoint" in msg and "start over" in msg
+    assert _tree_digest(partial_dir(target)) == before
