@@ -46,6 +46,7 @@ def compress_command(
 ):
     """Compress a model into fine-tunable sketches (LUTs + frozen codes), calibrated layer by layer."""
     from ..config import load_config
+    from ..errors import UserError
     from .distributed import env_rank
     from .stage import run_compress
 
@@ -57,6 +58,8 @@ def compress_command(
               "compress.calib": calib, "compress.num_samples": num_samples, "compress.seq_len": seq_len,
               "compress.device": device, "compress.offload_activations": offload_activations or None}
     cfg = load_config(config, overrides, values=values)
+    if "name" not in cfg.model.model_fields_set:  # never compress a default model nobody asked for
+        raise UserError("give the MODEL to compress (alias, Hub id, directory or .gguf), or --config with model.name")
     out = run_compress(cfg, output, resume=resume, overwrite=overwrite, plot=plot)
     if env_rank() == 0:  # one path on stdout even with several processes
         typer.echo(str(out))

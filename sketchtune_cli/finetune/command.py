@@ -44,9 +44,12 @@ def register(app: typer.Typer) -> None:
         from accelerate.state import PartialState
 
         from ..config import load_config
+        from ..errors import UserError
         from .stage import run_finetune
 
         cfg = load_config(config, overrides or [], values={"train.base": base, "data.path": data, "train.max_steps": max_steps})
+        if not cfg.data.path:  # say so before a model is loaded
+            raise UserError("no training data: pass --data (a .json/.jsonl file, a dataset name, or demo) or set data.path")
         path = run_finetune(cfg, output, resume=resume, overwrite=overwrite)
         if PartialState().is_main_process:
             print(path)
