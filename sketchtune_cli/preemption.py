@@ -64,20 +64,32 @@ class StopRequest:
         return flags
 
 
+_active: list[StopRequest] = []
+
+
 @contextlib.contextmanager
 def stop_requests() -> Iterator[StopRequest]:
-    """Catch SIGTERM/SIGUSR1 into a :class:`StopRequest` for the duration; the previous handlers come back
-    afterwards. Off the main thread (where Python cannot install handlers) the request just never fires."""
+    """Catch SIGTERM/SIGUSR1 into a :class:`StopRequest` for the duration (the stage loops find it with
+    :func:`current`); the previous handlers come back afterwards. Off the main thread (where Python cannot
+    install handlers) the request just never fires."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-    previous = {sig: signal.signal(sig, request._handle) for sig in STOP_SIGNALS}
+        previous = {}
+    else:
+        previous = {sig: signal.signal(sig, request._handle) for sig in STOP_SIGNALS}
+    _active.append(request)
     try:
         yield request
     finally:
+        _active.remove(request)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def current() -> StopRequest:
+    """The request of the innermost :func:`stop_requests`, else one that never fires (a library caller
+    keeps its own signal handling); either way :meth:`StopRequest.agreed` is the per-step collective."""
+    return _active[-1] if _active else StopRequest()
 
 
 # ---- progress hooks (for tests: act at an exact block or step) ------------------------------------------

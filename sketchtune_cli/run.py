@@ -40,7 +40,8 @@ def stage_dir(cfg: RunConfig, stage: str) -> Path:
 # Per stage: the config sections it depends on, and keys that only change speed/logging (ignored).
 STAGE_SECTIONS = {
     "compress": (("model", "compress"), {"compress": ("device", "offload_activations")}),
-    "finetune": (("model", "data", "train"), {"train": ("base", "save_every", "eval_every", "log_every", "trackers")}),
+    "finetune": (("model", "data", "train"), {"train": ("base", "save_every", "save_every_minutes", "eval_every", "log_every",
+                                                       "trackers")}),
     "eval": (("model", "eval"), {"eval": ("batch_size",)}),
     "export": (("export",), {}),
 }

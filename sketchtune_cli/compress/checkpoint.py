@@ -5,10 +5,8 @@ activations), rank 0 writes the block's sketches (LUTs + unpacked codes) and the
 (config hash, world size, blocks done, per-layer results). ``state.json`` is replaced atomically and
 written last, so it never points at a file that is not complete; stale input files are deleted only after
 it moved on. Saving the activations rather than recomputing them makes a resumed run bit-identical to an
-uninterrupted one. Safetensors + JSON only.
-
-Test hook: ``SKETCHTUNE_TEST_CRASH_AFTER_BLOCK=i`` makes the process exit (code 75) right after block i's
-checkpoint is complete, to test resume against a real crash.
+uninterrupted one. Safetensors + JSON only. (Tests kill a run at an exact block with a progress hook,
+see :mod:`sketchtune_cli.preemption`.)
 """
 from __future__ import annotations
 
@@ -30,7 +28,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 STATE = "state.json"
 STATE_FORMAT = "sketchtune.compress-checkpoint/1"
-CRASH_ENV = "SKETCHTUNE_TEST_CRASH_AFTER_BLOCK"
 
 
 @dataclass
@@ -127,7 +124,6 @@ class Checkpointer:
             os.replace(tmp, self.dir / STATE)
         self.dist.barrier()
         self._inputs_file(block).unlink(missing_ok=True)
-        _maybe_crash(block)
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -135,11 +131,3 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
 
-
-def _maybe_crash(block: int) -> None:
-    """The documented test hook: die like a killed process once block ``block`` is safely checkpointed."""
-    target = os.environ.get(CRASH_ENV)
-    if target is not None and target.strip() == str(block):
-        log.warning("%s=%s: exiting after checkpointing block %d (test hook)", CRASH_ENV, target, block)
-        logging.shutdown()
-        os._exit(75)

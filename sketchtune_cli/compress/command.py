@@ -24,7 +24,9 @@ Examples:
   # several GPUs: calibration shared out, Hessians all-reduced, rank 0 writes:
   accelerate launch -m sketchtune_cli compress llama-3-8b -o runs/l3-gpr4
 
-Test hook: SKETCHTUNE_TEST_CRASH_AFTER_BLOCK=i exits right after block i's checkpoint (for resume tests).
+SIGTERM or SIGUSR1 (e.g. SLURM's --signal=B:USR1@300): the block in hand is finished and checkpointed, then
+the command exits 75; the same command with --resume continues (and starts fresh when there is nothing to
+resume, so a requeued job can always pass it).
 """
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .. import preemption
 from ..errors import UserError
 from ..sketch import Sketch, decoder_layers, find_target_linears
 from . import distributed
@@ -130,7 +131,18 @@ def _run_blocks(model, blocks_name, blocks, targets, local_ids, settings, device
             ckpt.save_block(index, sketches, result.layers, inputs)
         if on_block:
             on_block(index, len(blocks), stats)
+        if ckpt is not None:
+            _stop_if_requested(index + 1, len(blocks), ckpt)
     return result
+
+
+def _stop_if_requested(done: int, total: int, ckpt: Checkpointer) -> None:
+    """After block ``done``'s checkpoint: stop here when any rank got SIGTERM/SIGUSR1 (one all-reduce)."""
+    preemption.notify_progress("compress", done)
+    request = preemption.current()
+    if request.agreed()[0] and done < total:
+        raise preemption.Interrupted(f"{request.name}: stopped after block {done} of {total}, checkpoint in "
+                                     f"{ckpt.dir.parent}; run the same command with --resume to continue")
 
 
 def compress_block(block, index, linears, inputs, kwargs, settings, device, sketch_fn, dist,

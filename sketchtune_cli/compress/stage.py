@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .. import preemption
 from ..artifacts import check_output, partial_dir, write_artifact
 from ..errors import UserError
 from ..config import RunConfig, config_hash
@@ -74,7 +75,7 @@ def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bo
         dist.barrier()  # rank 0 has created the .partial directory the checkpoints go to
         ckpt_dir = Path(writer.path) / CHECKPOINT_DIR
         total = len(find_target_linears(model, settings.targets, settings.ignore))
-        with LayerProgress(total, enabled=dist.is_main) as progress:
+        with preemption.stop_requests(), LayerProgress(total, enabled=dist.is_main) as progress:
             result = compress_model(model, calib.input_ids, settings, device, checkpoint_dir=ckpt_dir,
                                     config_hash=chash, resume=resume, on_layer=progress.update,
                                     on_block=progress.block_done, dist=dist)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .. import preemption
 from ..artifacts import Manifest, check_output, is_artifact, partial_dir, read_manifest, write_artifact
 from ..errors import UserError
 from ..loading import LUT_ADAPTER, load_sketch_artifact
@@ -29,7 +30,7 @@ from .trainer import Trainer, make_accelerator
 log = logging.getLogger(__name__)
 
 # train keys that change only logging/bookkeeping: a resumed run may change them.
-RESUME_FREE_KEYS = ("save_every", "eval_every", "log_every", "trackers")
+RESUME_FREE_KEYS = ("save_every", "save_every_minutes", "eval_every", "log_every", "trackers")
 
 
 def resolve_base(cfg) -> Manifest:
@@ -90,14 +91,18 @@ def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, ov
     accelerator.wait_for_everyone()
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        if accelerator.is_main_process:
-            _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sections, fp, resuming, resume, overwrite)
-        else:
-            trainer = Trainer(accelerator, model, tokenizer, data, cfg.train, partial_dir(out), fp, resuming, write=False)
-            trainer.run()
-            if trainer.fsdp:  # the main process gathers the final sharded LUTs: a collective
-                trainer.lut_tensors()
+        with preemption.stop_requests():  # SIGTERM/SIGUSR1: checkpoint after the step in hand, exit 75
+            if accelerator.is_main_process:
+                _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sections, fp, resuming, resume, overwrite)
+            else:
+                trainer = Trainer(accelerator, model, tokenizer, data, cfg.train, partial_dir(out), fp, resuming, write=False)
+                trainer.run()
+                if trainer.fsdp:  # the main process gathers the final sharded LUTs: a collective
+                    trainer.lut_tensors()
         accelerator.wait_for_everyone()
+    except preemption.Interrupted:
+        accelerator.end_training()  # flush the trackers' files; the checkpoint is written
+        raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     accelerator.end_training()  # also ends the process group under `accelerate launch`
