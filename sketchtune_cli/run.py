@@ -137,6 +137,9 @@ def select_stages(from_stage: str | None, until: str | None) -> list[str]:
 def run_pipeline(cfg: RunConfig, stages: list[str], overwrite: bool = False,
                  on_stage: Callable[[str], None] | None = None) -> list[StageReport]:
     cfg = prepare_demo_eval_data(cfg)
+    if not cfg.logging.run_name:  # one tracker run name for every stage: output_dir's name
+        cfg = cfg.model_copy(deep=True)
+        cfg.logging.run_name = Path(cfg.output_dir).resolve().name
     reports: list[StageReport] = []
     for stage in stages:
         out = stage_dir(cfg, stage)

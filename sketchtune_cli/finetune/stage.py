@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .. import preemption
+from .. import preemption, tracking
 from ..artifacts import Manifest, check_output, is_artifact, partial_dir, read_manifest, write_artifact
 from ..errors import UserError
 from ..loading import LUT_ADAPTER, load_sketch_artifact
@@ -79,7 +79,7 @@ def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, ov
     out = Path(output) if output else default_output(cfg)
     base = resolve_base(cfg)
     check_output(out, overwrite, resume)
-    accelerator = make_accelerator(cfg.train, partial_dir(out) / "logs")
+    accelerator = make_accelerator(cfg.train, partial_dir(out) / "logs", tracking.make_trackers(cfg, "finetune", out))
     if not accelerator.is_main_process:  # one copy of progress and warnings, from the main process
         logging.getLogger("sketchtune_cli").setLevel(logging.ERROR)
     sections = run_config(cfg, base)
@@ -113,8 +113,8 @@ def _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sectio
     try:
         with write_artifact(out, "finetune", sections, parent=base, overwrite=overwrite, resume=resume,
                             keep_partial_on_error=True, unhashed=("checkpoints/",)) as writer:
-            if cfg.train.trackers:
-                accelerator.init_trackers("sketchtune-finetune", config=_tracker_config(sections))
+            if accelerator.log_with:
+                accelerator.init_trackers(cfg.logging.project, config=_tracker_config(sections))
             trainer = Trainer(accelerator, model, tokenizer, data, cfg.train, writer.path, fp, resuming)
             results = trainer.run()
             for tracker in accelerator.trackers:  # flush event files before they are hashed

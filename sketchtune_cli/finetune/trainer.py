@@ -46,8 +46,9 @@ def resolve_mixed_precision(setting: str, cuda: bool) -> str:
     return setting
 
 
-def make_accelerator(train, project_dir: Path):
-    """A fresh Accelerator (its per-process state is reset so several runs can share one process)."""
+def make_accelerator(train, project_dir: Path, trackers: list | None = None):
+    """A fresh Accelerator (its per-process state is reset so several runs can share one process).
+    ``trackers``: accelerate tracker objects (see :mod:`sketchtune_cli.tracking`); default train.trackers."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -58,7 +59,7 @@ def make_accelerator(train, project_dir: Path):
     accelerator = Accelerator(
         cpu=not cuda,
         mixed_precision=resolve_mixed_precision(train.mixed_precision, cuda),
-        log_with=list(train.trackers) or None,
+        log_with=(trackers if trackers is not None else list(train.trackers)) or None,
         project_dir=str(project_dir),
     )
     check_distributed_type(accelerator.distributed_type)

@@ -80,7 +80,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny(cluster):
     model = save_tiny_model(cluster.root / "model")
-    recipe = {"data": {"path": "demo", "limit": 32, "max_seq_len": 96},
+    recipe = {"data": {"path": "demo", "limit": 32, "max_seq_len": 512},
               "train": {"lr": 3e-2, "warmup_steps": 0, "batch_size": 4, "micro_batch_size": 1, "max_steps": 6,
                         "deterministic": True, "mixed_precision": "no"},
               "logging": {"plots": False}}
