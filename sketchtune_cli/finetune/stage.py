@@ -1,10 +1,11 @@
 """The finetune stage: resolve base and output, load, train, write the fine-tune artifact.
 
 Artifact layout: ``lut_adapter.safetensors`` (trained LUTs only, fp32, keys ``<module>.lut``),
-``metrics.jsonl``, ``loss_curve.png``, optional tracker ``logs/``, ``sketchtune.json`` (parent = the base
+``metrics.jsonl``, ``loss_curve.png``, ``sketchtune.json`` (parent = the base
 sketch with its content hash, resolved config, results) and ``checkpoints/`` (resume state; not hashed,
 because a resumed run rewrites it). Every check that can fail on bad input runs before anything is written,
-so an error never costs an existing artifact or an interrupted run's checkpoints.
+so an error never costs an existing artifact or an interrupted run's checkpoints. Tracker files go beside
+the artifact (:mod:`sketchtune_cli.tracking`), not into it.
 """
 from __future__ import annotations
 
