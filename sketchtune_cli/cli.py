@@ -11,13 +11,18 @@ import sys
 import typer
 
 from .errors import UserError
+from .preemption import EXIT_INTERRUPTED, Interrupted
+
+EXIT_CODES = f"""Exit codes: 0 done; 1 crash (a bug or an environment failure); 2 bad input or usage (one line
+on stderr); {EXIT_INTERRUPTED} interrupted by SIGTERM/SIGUSR1 after writing a checkpoint: run the same command with
+--resume to continue (the SLURM scripts in scripts/slurm requeue on it); 130 Ctrl-C."""
 
 app = typer.Typer(
     name="sketchtune",
     help="Compress an LLM into fine-tunable 4-bit sketches, fine-tune only the sketches, evaluate, export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -35,8 +40,18 @@ STAGE_MODULES = [
 _state = {"debug": False}
 
 
-@app.callback()
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"sketchtune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(epilog=EXIT_CODES)
 def _main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="debug-level logs on stderr"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings and errors on stderr"),
@@ -65,12 +80,35 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _click_exceptions():
+    """The ClickException and UsageError classes that can reach main: typer's bundled click (typer >= 0.20
+    vendors it as typer._click) and, for older typer, the click package."""
+    classes = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        classes.append((mod.ClickException, mod.UsageError, getattr(mod, "NoArgsIsHelpError", ())))
+    return classes
+
+
+def _usage_line(err) -> str:
+    """A usage error as one line, with where to read the usage."""
+    ctx = getattr(err, "ctx", None)
+    where = f"; see `{ctx.command_path} --help`" if ctx is not None else "; see `sketchtune --help`"
+    return f"error: {_one_line(err.format_message()).rstrip('.')}{where}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the app, turning user errors into one line and exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         app(args=argv, standalone_mode=False)
+    except Interrupted as e:  # a checkpoint is written: `--resume` continues
+        print(f"interrupted: {_one_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except UserError as e:
         if debug:
             raise
@@ -83,11 +121,17 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors and the like carry their own exit code
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+        for click_error, usage_error, no_args_help in _click_exceptions():
+            if no_args_help and isinstance(e, no_args_help):  # a bare group or command: its help, exit 2
+                if e.format_message().strip():  # (typer's rich help printed itself already)
+                    e.show()
+                sys.exit(2)
+            if isinstance(e, usage_error):
+                print(_usage_line(e), file=sys.stderr)
+                sys.exit(2)
+            if isinstance(e, click_error):
+                print(f"error: {_one_line(e.format_message())}", file=sys.stderr)
+                sys.exit(e.exit_code)
         if debug:
             raise
         from .failures import user_caused

@@ -28,6 +28,13 @@ class ModelSettings(Section):
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     plots: bool = Field(True, description="write PNG plots (per-layer error, loss curve)")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers for every stage: compress per-layer errors, finetune metrics, eval scores")
+    project: str = Field("sketchtune", description="tracker project (TensorBoard: a directory under logging.dir; W&B: the project)")
+    run_name: Optional[str] = Field(None, description="tracker run name (default: output_dir's name under `sketchtune run`, else the artifact's name)")
+    tags: list[str] = Field(default_factory=list, description="W&B run tags")
+    wandb_entity: Optional[str] = Field(None, description="W&B entity (team or user); default: your W&B default")
+    dir: Optional[str] = Field(None, description="tracker files (default: logs/ beside the artifact, i.e. output_dir/logs under `sketchtune run`)")
 
 
 class RunConfig(Section):

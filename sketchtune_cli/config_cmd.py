@@ -2,11 +2,14 @@
 (generated from the pydantic schema, so it cannot drift from the code)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .config import RunConfig, bundled_configs, dump_yaml, load_config
+from .config import RunConfig, bundled_config_dir, bundled_configs, dump_yaml, load_config
+from .errors import UserError
 from .settings_base import Section
 
 config_app = typer.Typer(help="Show, list and document configs.", no_args_is_help=True)
@@ -52,6 +55,26 @@ def list_configs():
     """List the bundled configs (usable as `--config NAME`)."""
     for name in bundled_configs():
         typer.echo(name)
+
+
+@config_app.command("copy", epilog="Example:\n\n  sketchtune config copy math my-math.yaml  # edit it, then: sketchtune run --config my-math.yaml")
+def copy(
+    name: str = typer.Argument(..., help="bundled config name (see `sketchtune config list`)"),
+    file: Path = typer.Argument(..., help="where to write it (a directory: FILE/NAME.yaml)"),
+    force: bool = typer.Option(False, "--force", "-f", help="replace an existing FILE"),
+):
+    """Copy a bundled recipe, comments included, to FILE to edit; prints FILE."""
+    if name not in bundled_configs():
+        raise UserError(f"no bundled config {name!r}; bundled configs: {', '.join(bundled_configs())}")
+    target = file / f"{name}.yaml" if file.is_dir() else file
+    if target.exists() and not force:
+        raise UserError(f"{target} exists; pass --force to replace it or choose another FILE")
+    if not target.parent.is_dir():
+        raise UserError(f"directory {target.parent} does not exist; create it or choose another FILE")
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text((bundled_config_dir() / f"{name}.yaml").read_text())  # the file itself: comments kept
+    os.replace(tmp, target)
+    typer.echo(str(target))
 
 
 @config_app.command("reference")

@@ -186,6 +186,9 @@ def run_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False,
     if problems:
         raise PreflightError(problems)
     cfg = prepare_demo_eval_data(cfg)
+    if not cfg.logging.run_name:  # one tracker run name for every stage: output_dir's name
+        cfg = cfg.model_copy(deep=True)
+        cfg.logging.run_name = Path(cfg.output_dir).resolve().name
     reports: list[StageReport] = []
     for name in names:
         stage = stages.get(name)

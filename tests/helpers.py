@@ -1,6 +1,7 @@
 """Shared test helpers: tiny random models built in the test (no hub, no downloads)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -89,3 +90,17 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+HOOKS_DIR = Path(__file__).resolve().parent / "hooks"
+
+
+def hook_env(spec: str, rank: int | None = None, pid: int | None = None) -> dict:
+    """Environment for a subprocess that acts at an exact block/step (see tests/hooks/sitecustomize.py)."""
+    env = {"SKETCHTUNE_TEST_HOOK": spec,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(HOOKS_DIR), os.environ.get("PYTHONPATH")) if p)}
+    if rank is not None:
+        env["SKETCHTUNE_TEST_HOOK_RANK"] = str(rank)
+    if pid is not None:
+        env["SKETCHTUNE_TEST_HOOK_PID"] = str(pid)
+    return env

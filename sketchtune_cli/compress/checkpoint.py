@@ -6,10 +6,8 @@ activations), rank 0 writes the block's sketches (LUTs + unpacked codes) and the
 written last, so it never points at a file that is not complete; input files are deleted two blocks later,
 so the checkpoint before the latest stays usable: a resume that cannot read the latest (a truncated file, a
 bad disk block) says so in one line and continues from the one before. Saving the activations rather than
-recomputing them makes a resumed run bit-identical to an uninterrupted one. Safetensors + JSON only.
-
-Test hook: ``SKETCHTUNE_TEST_CRASH_AFTER_BLOCK=i`` makes the process exit (code 75) right after block i's
-checkpoint is complete, to test resume against a real crash.
+recomputing them makes a resumed run bit-identical to an uninterrupted one. Safetensors + JSON only. (Tests
+kill a run at an exact block with a progress hook, see :mod:`sketchtune_cli.preemption`.)
 """
 from __future__ import annotations
 
@@ -32,7 +30,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 STATE = "state.json"
 STATE_FORMAT = "sketchtune.compress-checkpoint/1"
-CRASH_ENV = "SKETCHTUNE_TEST_CRASH_AFTER_BLOCK"
 # what a damaged checkpoint file raises when read (a truncated safetensors, a missing or renamed tensor)
 READ_ERRORS = (OSError, SafetensorError, KeyError, ValueError, RuntimeError)
 
@@ -154,7 +151,6 @@ class Checkpointer:
             os.replace(tmp, self.dir / STATE)
         self.dist.barrier()
         self._inputs_file(block - 1).unlink(missing_ok=True)  # keeps this block's inputs: the fallback
-        _maybe_crash(block)
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -162,11 +158,3 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
 
-
-def _maybe_crash(block: int) -> None:
-    """The documented test hook: die like a killed process once block ``block`` is safely checkpointed."""
-    target = os.environ.get(CRASH_ENV)
-    if target is not None and target.strip() == str(block):
-        log.warning("%s=%s: exiting after checkpointing block %d (test hook)", CRASH_ENV, target, block)
-        logging.shutdown()
-        os._exit(75)

@@ -24,7 +24,9 @@ Examples:
   # several GPUs: calibration shared out, Hessians all-reduced, rank 0 writes:
   accelerate launch -m sketchtune_cli compress llama-3-8b -o runs/l3-gpr4
 
-Test hook: SKETCHTUNE_TEST_CRASH_AFTER_BLOCK=i exits right after block i's checkpoint (for resume tests).
+SIGTERM or SIGUSR1 (e.g. SLURM's --signal=B:USR1@300): the block in hand is finished and checkpointed, then
+the command exits 75; the same command with --resume continues (and starts fresh when there is nothing to
+resume, so a requeued job can always pass it).
 """
 
 
@@ -48,6 +50,7 @@ def compress_command(
     from ..config import load_config
     from .. import preflight
     from ..stages import Job
+    from ..errors import UserError
     from .distributed import env_rank
     from .interface import STAGE
     from .stage import default_output, run_compress
@@ -60,6 +63,8 @@ def compress_command(
               "compress.calib": calib, "compress.num_samples": num_samples, "compress.seq_len": seq_len,
               "compress.device": device, "compress.offload_activations": offload_activations or None}
     cfg = load_config(config, overrides, values=values)
+    if "name" not in cfg.model.model_fields_set:  # never compress a default model nobody asked for
+        raise UserError("give the MODEL to compress (alias, Hub id, directory or .gguf), or --config with model.name")
     c = cfg.compress
     output = output or default_output(cfg.model.name, c.bits, c.groups_per_row)
     preflight.require([(STAGE, Job(Path(output), overwrite=overwrite, resume=resume))], cfg)

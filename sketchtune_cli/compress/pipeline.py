@@ -21,6 +21,7 @@ from torch import nn
 
 from sketchtune_kernels import group_size
 
+from .. import preemption
 from ..errors import UserError
 from ..sketch import Sketch, decoder_layers, find_target_linears
 from . import distributed
@@ -132,7 +133,18 @@ def _run_blocks(model, blocks_name, blocks, targets, local_ids, settings, device
             ckpt.save_block(index, sketches, result.layers, inputs)
         if on_block:
             on_block(index, len(blocks), stats)
+        if ckpt is not None:
+            _stop_if_requested(index + 1, len(blocks), ckpt)
     return result
+
+
+def _stop_if_requested(done: int, total: int, ckpt: Checkpointer) -> None:
+    """After block ``done``'s checkpoint: stop here when any rank got SIGTERM/SIGUSR1 (one all-reduce)."""
+    preemption.notify_progress("compress", done)
+    request = preemption.current()
+    if request.agreed()[0] and done < total:
+        raise preemption.Interrupted(f"{request.name}: stopped after block {done} of {total}, checkpoint in "
+                                     f"{ckpt.dir.parent}; run the same command with --resume to continue")
 
 
 def compress_block(block, index, linears, inputs, kwargs, settings, device, sketch_fn, dist,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .. import preemption, tracking
 from ..artifacts import check_output, partial_dir, write_artifact
 from ..errors import UserError
 from ..config import RunConfig
@@ -70,10 +71,16 @@ def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bo
     with _artifact(out, config, overwrite, resume, dist) as writer:
         dist.barrier()  # rank 0 has created the .partial directory the checkpoints go to
         ckpt_dir = Path(writer.path) / CHECKPOINT_DIR
-        total = len(find_target_linears(model, settings.targets, settings.ignore))
-        with LayerProgress(total, enabled=dist.is_main) as progress:
+        order = {name: i for i, name in enumerate(find_target_linears(model, settings.targets, settings.ignore))}
+        total = len(order)
+        with preemption.stop_requests(), LayerProgress(total, enabled=dist.is_main) as progress, \
+                tracking.StageLog(cfg, "compress", out, config, enabled=dist.is_main) as tracker:
+            def on_layer(block, blocks, name, stats):  # progress bar, and the tracker (step = layer index)
+                progress.update(block, blocks, name, stats)
+                tracker.log({"rel_error": stats.get("rel_error"), "layer_seconds": stats.get("seconds")}, step=order[name])
+
             result = compress_model(model, calib.input_ids, settings, device, checkpoint_dir=ckpt_dir,
-                                    config_hash=chash, resume=resume, on_layer=progress.update,
+                                    config_hash=chash, resume=resume, on_layer=on_layer,
                                     on_block=progress.block_done, dist=dist)
         if dist.is_main:
             _save(model, tokenizer, result, settings, calib, writer.path)

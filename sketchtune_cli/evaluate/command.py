@@ -108,4 +108,4 @@ def eval_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval", help=HELP, no_args_is_help=True)(eval_command)
+    app.command("eval", help=HELP)(eval_command)  # no ARTIFACT: a one-line usage error, exit 2

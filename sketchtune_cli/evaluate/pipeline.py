@@ -82,7 +82,19 @@ def run_eval(specs: list[str], cfg: RunConfig, out: Path, overwrite: bool = Fals
         evaluated = [evaluate_one(s, sel.requested, task_manager, cfg, base) for s in specs]
     if not main:
         return EvalOutcome(None)
-    return write_eval_artifact(evaluated, cfg, out, overwrite, data_files(sel.paper, data_dir))
+    outcome = write_eval_artifact(evaluated, cfg, out, overwrite, data_files(sel.paper, data_dir))
+    log_scores(cfg, out, outcome)
+    return outcome
+
+
+def log_scores(cfg: RunConfig, out: Path, outcome: EvalOutcome) -> None:
+    """Each task's score (and the average) to the configured trackers; several models: ``<label>/<task>``."""
+    from ..tracking import StageLog
+
+    with StageLog(cfg, "eval", out, cfg.section_dict("model", "eval")) as tracker:
+        for m in outcome.models:
+            prefix = f"{m.label}/" if len(outcome.models) > 1 else ""
+            tracker.log({f"{prefix}{task}": score for task, score in {**m.scores, "average": m.average}.items()}, step=0)
 
 
 def data_files(paper: list[str], data_dir: str | None) -> dict[str, dict[str, str]]:

@@ -20,6 +20,10 @@ Examples:
   sketchtune finetune --config math.yaml -o runs/l3/math --resume      # continue an interrupted run
 
   sketchtune eval $(sketchtune finetune --config math.yaml --base SKETCH -o OUT) --tasks gsm8k
+
+SIGTERM or SIGUSR1 (e.g. SLURM's --signal=B:USR1@300): every process finishes the optimizer step in hand,
+the checkpoint is written, the command exits 75; the same command with --resume continues (and starts fresh
+when there is nothing to resume). A checkpoint is also written every train.save_every_minutes (default 30).
 """
 
 

@@ -11,7 +11,7 @@ from .data import data_problems, held_out_count
 SECTIONS = ("model", "data", "train")
 # train keys that change only where the base is read from, or logging/bookkeeping: a resumed run may change
 # them and `run` ignores them (the base itself is pinned by its content hash).
-RESULT_FREE = {"train": ("base", "save_every", "eval_every", "log_every", "trackers")}
+RESULT_FREE = {"train": ("base", "save_every", "save_every_minutes", "eval_every", "log_every", "trackers")}
 # lut_adapter (fp32) + a checkpoint's LUTs and AdamW moments (fp32), per trainable value, times KEEP
 ARTIFACT_BYTES_PER_PARAM = 4 + 3 * 4 * 2
 

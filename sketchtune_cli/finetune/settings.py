@@ -36,6 +36,7 @@ class TrainSettings(Section):
     seed: int = 0
     deterministic: bool = False
     save_every: Optional[int] = Field(None, ge=1, description="checkpoint every N steps (and always at the end)")
+    save_every_minutes: Optional[float] = Field(30.0, gt=0, description="also checkpoint when this many minutes passed since the last checkpoint (null: off)")
     eval_every: Optional[int] = Field(None, ge=1)
     log_every: int = Field(1, ge=1)
-    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="finetune-only trackers (older key); logging.trackers covers every stage")

@@ -1,10 +1,11 @@
 """The finetune stage: resolve base and output, load, train, write the fine-tune artifact.
 
 Artifact layout: ``lut_adapter.safetensors`` (trained LUTs only, fp32, keys ``<module>.lut``),
-``metrics.jsonl``, ``loss_curve.png``, optional tracker ``logs/``, ``sketchtune.json`` (parent = the base
+``metrics.jsonl``, ``loss_curve.png``, ``sketchtune.json`` (parent = the base
 sketch with its content hash, resolved config, results) and ``checkpoints/`` (resume state; not hashed,
 because a resumed run rewrites it). Every check that can fail on bad input runs before anything is written,
-so an error never costs an existing artifact or an interrupted run's checkpoints.
+so an error never costs an existing artifact or an interrupted run's checkpoints. Tracker files go beside
+the artifact (:mod:`sketchtune_cli.tracking`), not into it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .. import preemption, tracking
 from ..artifacts import Manifest, check_output, is_artifact, partial_dir, read_manifest, write_artifact
 from ..errors import UserError
 from ..loading import LUT_ADAPTER, load_sketch_artifact
@@ -78,7 +80,7 @@ def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, ov
     out = Path(output) if output else default_output(cfg)
     base = resolve_base(cfg)
     check_output(out, overwrite, resume)
-    accelerator = make_accelerator(cfg.train, partial_dir(out) / "logs")
+    accelerator = make_accelerator(cfg.train, partial_dir(out) / "logs", tracking.make_trackers(cfg, "finetune", out))
     if not accelerator.is_main_process:  # one copy of progress and warnings, from the main process
         logging.getLogger("sketchtune_cli").setLevel(logging.ERROR)
     sections = run_config(cfg, base)
@@ -90,14 +92,18 @@ def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, ov
     accelerator.wait_for_everyone()
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        if accelerator.is_main_process:
-            _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sections, fp, resuming, resume, overwrite)
-        else:
-            trainer = Trainer(accelerator, model, tokenizer, data, cfg.train, partial_dir(out), fp, resuming, write=False)
-            trainer.run()
-            if trainer.fsdp:  # the main process gathers the final sharded LUTs: a collective
-                trainer.lut_tensors()
+        with preemption.stop_requests():  # SIGTERM/SIGUSR1: checkpoint after the step in hand, exit 75
+            if accelerator.is_main_process:
+                _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sections, fp, resuming, resume, overwrite)
+            else:
+                trainer = Trainer(accelerator, model, tokenizer, data, cfg.train, partial_dir(out), fp, resuming, write=False)
+                trainer.run()
+                if trainer.fsdp:  # the main process gathers the final sharded LUTs: a collective
+                    trainer.lut_tensors()
         accelerator.wait_for_everyone()
+    except preemption.Interrupted:
+        accelerator.end_training()  # flush the trackers' files; the checkpoint is written
+        raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     accelerator.end_training()  # also ends the process group under `accelerate launch`
@@ -108,8 +114,8 @@ def _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sectio
     try:
         with write_artifact(out, "finetune", sections, parent=base, overwrite=overwrite, resume=resume,
                             keep_partial_on_error=True, unhashed=("checkpoints/",)) as writer:
-            if cfg.train.trackers:
-                accelerator.init_trackers("sketchtune-finetune", config=_tracker_config(sections))
+            if accelerator.log_with:
+                accelerator.init_trackers(cfg.logging.project, config=_tracker_config(sections))
             trainer = Trainer(accelerator, model, tokenizer, data, cfg.train, writer.path, fp, resuming)
             results = trainer.run()
             for tracker in accelerator.trackers:  # flush event files before they are hashed

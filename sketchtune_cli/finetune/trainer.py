@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import preemption
 from ..errors import UserError
 from ..sketch import SketchedLinear
 from . import checkpoint as ckpt
@@ -32,8 +33,6 @@ from .metrics import MetricsLog, Progress, log_step
 from .order import DataOrder, micro_batches, shard
 
 log = logging.getLogger(__name__)
-
-CRASH_ENV = "SKETCHTUNE_TEST_CRASH_AFTER_STEP"  # tests: hard-exit right after this step (as if killed)
 
 
 # ---- set-up helpers ------------------------------------------------------------------------------------
@@ -47,8 +46,9 @@ def resolve_mixed_precision(setting: str, cuda: bool) -> str:
     return setting
 
 
-def make_accelerator(train, project_dir: Path):
-    """A fresh Accelerator (its per-process state is reset so several runs can share one process)."""
+def make_accelerator(train, project_dir: Path, trackers: list | None = None):
+    """A fresh Accelerator (its per-process state is reset so several runs can share one process).
+    ``trackers``: accelerate tracker objects (see :mod:`sketchtune_cli.tracking`); default train.trackers."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -59,7 +59,7 @@ def make_accelerator(train, project_dir: Path):
     accelerator = Accelerator(
         cpu=not cuda,
         mixed_precision=resolve_mixed_precision(train.mixed_precision, cuda),
-        log_with=list(train.trackers) or None,
+        log_with=(trackers if trackers is not None else list(train.trackers)) or None,
         project_dir=str(project_dir),
     )
     check_distributed_type(accelerator.distributed_type)
@@ -343,7 +343,7 @@ class Trainer:
     def run(self) -> dict:
         cfg, plan = self.train_cfg, self.plan
         progress = Progress(self.start_step, plan.total_steps)
-        crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+        last_save = time.monotonic()
         log.info("training %d LUT tensors (%s params) for %d steps: batch %d = %d micro x %d accum x %d procs",
                  len(self.luts), f"{sum(p.numel() for p in self.luts.values()):,}", plan.total_steps,
                  plan.batch_size, plan.micro_batch_size, plan.accumulation, plan.world)
@@ -359,15 +359,28 @@ class Trainer:
             if cfg.eval_every and done % cfg.eval_every == 0 and done < plan.total_steps:
                 rec["eval_loss"] = self.evaluate()
             self._log(rec, progress)
-            if (cfg.save_every and done % cfg.save_every == 0) or done == plan.total_steps:
+            preemption.notify_progress("finetune", done)
+            stop, due = self._stop_or_due(last_save)
+            if (cfg.save_every and done % cfg.save_every == 0) or done == plan.total_steps or stop or due:
                 self.save(done)
-            if crash_after and done == crash_after:
-                os._exit(99)
+                last_save = time.monotonic()
+            if stop and done < plan.total_steps:
+                raise preemption.Interrupted(
+                    f"{preemption.current().name}: stopped after step {done} of {plan.total_steps}, checkpoint in "
+                    f"{self.root}; run the same command with --resume to continue")
         final_eval = self.evaluate()
         if final_eval is not None:
             self.metrics.add({"step": plan.total_steps, "eval_loss": final_eval})
             self.acc.log({"eval_loss": final_eval}, step=plan.total_steps)
         return self.summary(final_eval)
+
+    def _stop_or_due(self, last_save: float) -> tuple[bool, bool]:
+        """(stop requested by SIGTERM/SIGUSR1, train.save_every_minutes elapsed), agreed by all processes in
+        one all-reduce, so every rank checkpoints and stops after the same step (clocks and signals differ)."""
+        minutes = self.train_cfg.save_every_minutes
+        due = bool(minutes) and time.monotonic() - last_save >= minutes * 60
+        stop, due = preemption.current().agreed(due, device=self.acc.device)
+        return stop, due
 
     def _log(self, rec: dict, progress: Progress) -> None:
         self.metrics.add(rec)

@@ -1,4 +1,4 @@
-"""Exact resume after a hard kill, and 2 CPU processes (DDP or FSDP2 over gloo) against 1 at the same global
+"""Exact resume after a hard kill or a SIGUSR1 stop (1 and 2 processes), and 2 CPU processes (DDP or FSDP2 over gloo) against 1 at the same global
 batch, including checkpoints resumed across 1-process and FSDP layouts."""
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 
 from sketchtune_cli.artifacts import partial_dir, read_manifest
 from sketchtune_cli.finetune.checkpoint import latest_checkpoint, read_state
-from sketchtune_cli.finetune.trainer import CRASH_ENV
+from helpers import hook_env
 from sketchtune_cli.loading import LUT_ADAPTER
+from sketchtune_cli.preemption import EXIT_INTERRUPTED
 
 RECIPE = [*FAST, "data.limit=32", "train.max_steps=6", "train.save_every=3"]
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
@@ -54,7 +55,7 @@ def straight(tiny_base, tmp_path_factory):
 def test_kill_and_resume_is_exact(straight, tiny_base, tmp_path):
     out = tmp_path / "killed"
     args = ["finetune", "--base", str(tiny_base), "-o", str(out), *RECIPE]
-    proc = run_subprocess(cli_args(*args), env={CRASH_ENV: "4", **NO_GPU})  # dies after step 4; checkpoint at 3
+    proc = run_subprocess(cli_args(*args), env={**hook_env("finetune:4:kill"), **NO_GPU})  # dies after step 4; checkpoint at 3
     assert proc.returncode == 99, proc.stderr[-2000:]
     assert not out.exists()
     ck = latest_checkpoint(partial_dir(out))
@@ -68,21 +69,64 @@ def test_kill_and_resume_is_exact(straight, tiny_base, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_sigusr1_checkpoints_the_step_in_hand_and_resume_is_exact(straight, tiny_base, tmp_path):
+    out = tmp_path / "stopped"
+    args = ["finetune", "--base", str(tiny_base), "-o", str(out), *RECIPE]
+    proc = run_subprocess(cli_args(*args), env={**hook_env("finetune:2:signal:SIGUSR1"), **NO_GPU})
+    assert proc.returncode == EXIT_INTERRUPTED, proc.stderr[-2000:]
+    assert proc.stdout == "" and not out.exists()
+    assert "interrupted: SIGUSR1: stopped after step 2 of 6" in proc.stderr
+    assert read_state(latest_checkpoint(partial_dir(out)))["step"] == 2  # not a save_every step: the stop's own
+    code, stdout, err = run_cli(*args, "--resume")
+    assert code == 0, err
+    assert "resumed from step-0000002" in err
+    assert _losses(out) == _losses(straight)
+    a, b = _luts(out), _luts(straight)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _launch_ddp(*args: str, env: dict | None = None):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--main_process_port", str(_free_port()), "-m", "sketchtune_cli"]
+    return run_subprocess(launch + list(args), env={**NO_GPU, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def ddp_straight(tiny_base, tmp_path_factory):
+    """An uninterrupted 2-process DDP run (same global batch as `straight`: 1 micro x 2 accumulation x 2)."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    proc = _launch_ddp("finetune", "--base", str(tiny_base), "-o", str(out), *RECIPE, "train.micro_batch_size=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == str(out)
+    return out
+
+
+def test_sigusr1_to_one_of_two_processes_stops_both_at_the_same_step(ddp_straight, tiny_base, tmp_path):
+    """Only rank 0 is signalled (after step 2): the per-step all-reduce of the stop flag makes rank 1 stop
+    after the same step, both exit 75, the checkpoint is whole, and the 2-process resume ends bit-identical."""
+    out = tmp_path / "ddp-stopped"
+    args = ["finetune", "--base", str(tiny_base), "-o", str(out), *RECIPE, "train.micro_batch_size=1"]
+    proc = _launch_ddp(*args, env=hook_env("finetune:2:signal:SIGUSR1", rank=0))
+    assert proc.returncode != 0 and not out.exists()
+    assert proc.stderr.count(f"exitcode  : {EXIT_INTERRUPTED}") == 2, proc.stderr[-3000:]  # both workers
+    assert read_state(latest_checkpoint(partial_dir(out)))["step"] == 2
+    proc = _launch_ddp(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from step-0000002" in proc.stderr
+    assert _losses(out) == _losses(ddp_straight)
+    a, b = _luts(out), _luts(ddp_straight)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(straight, tiny_base, tmp_path):
-    out = tmp_path / "ddp"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--main_process_port", str(_free_port()), "-m", "sketchtune_cli"]
+def test_two_processes_match_one(straight, ddp_straight):
+    out = ddp_straight
     # same global batch (4): 1 process x 2 micro x 2 accumulation vs 2 processes x 1 micro x 2 accumulation
-    proc = run_subprocess(launch + ["finetune", "--base", str(tiny_base), "-o", str(out), *RECIPE,
-                                    "train.micro_batch_size=1"], env=NO_GPU)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == str(out)
     m = read_manifest(out, stage="finetune")
     assert m.results["processes"] == 2 and m.results["accumulation"] == 2
     one, two = _losses(straight), _losses(out)
@@ -144,10 +188,10 @@ def test_fsdp_kill_and_resume_across_layouts(straight, tiny_base, tmp_path):
     out = tmp_path / "relay"
     args = ["finetune", "--base", str(tiny_base), "-o", str(out), *RECIPE, "train.micro_batch_size=1",
             "train.save_every=2"]  # save_every may change on resume; micro_batch_size=1 fits both layouts
-    proc = run_subprocess(cli_args(*args), env={CRASH_ENV: "3", **NO_GPU})
+    proc = run_subprocess(cli_args(*args), env={**hook_env("finetune:3:kill"), **NO_GPU})
     assert proc.returncode == 99, proc.stderr[-2000:]
     assert read_state(latest_checkpoint(partial_dir(out)))["step"] == 2
-    proc = _launch_fsdp(*args, "--resume", env={CRASH_ENV: "5"})
+    proc = _launch_fsdp(*args, "--resume", env=hook_env("finetune:5:kill"))
     assert proc.returncode != 0 and "resumed from step-0000002" in proc.stderr, proc.stderr[-3000:]
     assert "FSDP2: 2 decoder blocks" in proc.stderr
     assert read_state(latest_checkpoint(partial_dir(out)))["step"] == 4
