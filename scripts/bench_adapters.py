@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from sketchtune_cli.artifacts import read_manifest, write_artifact
 from sketchtune_cli.export.adapters import AdapterBank
-from sketchtune_cli.export.run import export_artifact
+from sketchtune_cli.export.stage import export_artifact
 from sketchtune_cli.export.settings import ExportSettings
 from sketchtune_cli.loading import LUT_ADAPTER, load_any
 from sketchtune_cli.models import EMBEDDED, load_model

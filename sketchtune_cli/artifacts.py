@@ -80,13 +80,16 @@ class Manifest:
     files: dict[str, str]
     results: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    # the files at ``path`` were hashed against ``files`` in this process (read with verify, or just
+    # written): a holder of this manifest need not hash them again
+    verified: bool = field(default=False, compare=False, repr=False)
 
     @property
     def content_hash(self) -> str:
         return content_hash(self.files)
 
     def to_json(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "path"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("path", "verified")}
         d["content_hash"] = self.content_hash
         return d
 
@@ -142,6 +145,7 @@ class ArtifactWriter:
         else:
             os.replace(self.path, self.out)
         manifest.path = self.out
+        manifest.verified = True  # hashed above, just now
         return manifest
 
 
@@ -271,7 +275,16 @@ def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None, 
     return manifest
 
 
+def ensure_verified(manifest: Manifest) -> Manifest:
+    """``manifest`` with its files hashed against it: once per manifest object, however many holders ask."""
+    if not manifest.verified:
+        verify_files(manifest)
+    return manifest
+
+
 def verify_files(manifest: Manifest) -> None:
+    """Hash every file of the artifact against the manifest (always: ``inspect`` asks for it explicitly);
+    :func:`ensure_verified` skips a manifest already verified."""
     root = manifest.path
     for rel, digest in manifest.files.items():
         p = root / rel
@@ -279,6 +292,7 @@ def verify_files(manifest: Manifest) -> None:
             raise UserError(f"{root}: file {rel} listed in the manifest is missing; the artifact is incomplete")
         if sha256_file(p) != digest:
             raise UserError(f"{root}: checksum mismatch for {rel}; the artifact is corrupted, re-create it")
+    manifest.verified = True
 
 
 def ref_candidates(ref: dict, origin: str | Path) -> list[Path]:
@@ -290,11 +304,18 @@ def ref_candidates(ref: dict, origin: str | Path) -> list[Path]:
 
 
 def resolve_ref(ref: dict, origin: str | Path, *, what: str = "parent", stage: str | tuple[str, ...] | None = None,
-                override: str | Path | None = None, verify: bool = True) -> Manifest:
+                override: str | Path | Manifest | None = None, verify: bool = True) -> Manifest:
     """The artifact ``ref`` names, seen from the artifact directory ``origin``: the one place every parent
     and base path is resolved. ``override`` (``--base PATH``) re-points it at an artifact that moved on its
-    own, accepted only if its content hash is the recorded one."""
+    own, accepted only if its content hash is the recorded one. A :class:`Manifest` as ``override`` is a
+    hint, not a --base: an artifact a caller already read (`sketchtune run`'s compress artifact), used as it
+    is (hashed only if not verified yet) when it is the one recorded, else ignored."""
     want = ref["content_hash"]
+    if isinstance(override, Manifest):
+        stages = (stage,) if isinstance(stage, str) else stage
+        if override.content_hash == want and (not stages or override.stage in stages):
+            return ensure_verified(override) if verify else override
+        override = None
     places = [Path(override)] if override is not None else ref_candidates(ref, origin)
     mismatch = None
     for place in places:

@@ -140,7 +140,7 @@ def artifact_problems(path: str | Path, stage, base: str | Path | None = None) -
             resolve_ref(manifest.parent or {}, manifest.path, what="base sketch", stage="sketch", override=base,
                         verify=False)
         elif manifest.stage == "export" and (Path(path) / "adapter_config.json").is_file():
-            from .export.lut_adapter import read_adapter_config
+            from .loading import read_adapter_config
 
             resolve_ref(read_adapter_config(path)["base_sketch"], path, what="base sketch", stage="sketch",
                         override=base, verify=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import preflight, stages
-from .artifacts import Manifest, is_artifact, partial_dir, read_manifest
+from .artifacts import Manifest, ensure_verified, is_artifact, partial_dir, read_manifest
 from .config import RunConfig
 from .errors import PreflightError, UserError
 
@@ -190,20 +190,26 @@ def run_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False,
         cfg = cfg.model_copy(deep=True)
         cfg.logging.run_name = Path(cfg.output_dir).resolve().name
     reports: list[StageReport] = []
+    # every artifact this run has read (verified) or written, by stage name: each is hashed once, and later
+    # stages get these manifests rather than re-reading (and re-hashing) the directories
+    known: dict[str, Manifest] = {}
     for name in names:
         stage = stages.get(name)
         out = stage_dir(cfg, name)
         parent = None
         if stage.parent:
+            parent = known.get(stage.parent)
             parent_path = stage_dir(cfg, stage.parent)
-            if not is_artifact(parent_path):
+            if parent is None and not is_artifact(parent_path):
                 raise UserError(f"stage {name} needs {parent_path}; run `--from {stage.parent}` first")
-            parent = read_manifest(parent_path, stage=ARTIFACT_STAGE[stage.parent])
+            if parent is None:
+                parent = known[stage.parent] = read_manifest(parent_path, stage=ARTIFACT_STAGE[stage.parent])
         if on_stage:
             on_stage(name)
         if is_artifact(out):
-            existing = read_manifest(out, stage=stage.artifact)
+            existing = read_manifest(out, stage=stage.artifact, verify=False)
             if is_current(name, existing, cfg, parent):
+                known[name] = ensure_verified(existing)  # hashed only when it is kept
                 log.info("%s: %s is up to date, skipping", name, out)
                 reports.append(StageReport(name, "skipped", out, 0.0, stage.headline(existing)))
                 continue
@@ -214,8 +220,11 @@ def run_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False,
         if resume:
             log.info("%s: resuming the interrupted run in %s", name, partial_dir(out))
         start = time.perf_counter()
-        path = stage.run(cfg, stages.Job(out, overwrite=overwrite, resume=resume), parent)
+        grandparent = known.get(PARENT_STAGE.get(stage.parent)) if stage.parent else None
+        path = stage.run(cfg, stages.Job(out, overwrite=overwrite, resume=resume, base=grandparent), parent)
         manifest = read_manifest(path, stage=stage.artifact, verify=False)
+        manifest.verified = True  # its writer hashed every file just now, in this run
+        known[name] = manifest
         reports.append(StageReport(name, "resumed" if resume else "ran", Path(path),
                                    time.perf_counter() - start, stage.headline(manifest)))
     return reports

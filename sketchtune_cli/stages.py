@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .artifacts import Manifest
 from .config import config_hash
 
 
@@ -24,7 +25,9 @@ class Job:
     resume: bool = False
     inputs: tuple[str, ...] = ()  # artifacts or models it reads; empty: the stage finds them from the config
     pending: bool = False  # its input is made by an earlier stage of this `sketchtune run`
-    base: str | None = None  # --base: where a fine-tune's (or lut-only export's) base sketch moved
+    # --base: where a fine-tune's (or lut-only export's) base sketch moved; or its manifest, already read and
+    # verified by `sketchtune run`, so that the stage does not hash it again
+    base: str | Manifest | None = None
     check_output: bool = True  # refuse an existing output (`run` decides skip/overwrite itself)
 
 
@@ -41,17 +44,27 @@ class Stage:
     headline: Callable  # (manifest) -> dict: the few numbers a person wants
 
     def results_config(self, config: dict) -> dict:
-        """The part of a resolved config (``RunConfig.model_dump`` or a manifest's) that decides results."""
-        picked = {}
-        for name in self.sections:
-            value = config.get(name)
-            if isinstance(value, dict):
-                value = {k: v for k, v in value.items() if k not in self.result_free.get(name, ())}
-            picked[name] = value
-        return picked
+        return results_config(self.sections, self.result_free, config)
 
     def fingerprint(self, config: dict) -> str:
-        return config_hash(self.results_config(config))
+        return fingerprint(self.sections, self.result_free, config)
+
+
+def results_config(sections: tuple[str, ...], result_free: dict[str, tuple[str, ...]], config: dict) -> dict:
+    """The part of a resolved config (``RunConfig.model_dump`` or a manifest's) that decides a stage's
+    results: its ``sections``, less their ``result_free`` keys (a stage's ``settings.SECTIONS`` and
+    ``settings.RESULT_FREE``; its own code uses these functions, its ``STAGE`` the methods above)."""
+    picked = {}
+    for name in sections:
+        value = config.get(name)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in result_free.get(name, ())}
+        picked[name] = value
+    return picked
+
+
+def fingerprint(sections: tuple[str, ...], result_free: dict[str, tuple[str, ...]], config: dict) -> str:
+    return config_hash(results_config(sections, result_free, config))
 
 
 STAGE_NAMES = ("compress", "finetune", "eval", "export")

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from .. import preflight
 from ..stages import Stage
+from .settings import RESULT_FREE, SECTIONS
 from .calibration import calib_problems
 
-SECTIONS = ("model", "compress")
-# Where or how fast compress runs, not what it computes: a resume may change them, `run` ignores them.
-RESULT_FREE = {"compress": ("device", "offload_activations")}
 
 
 def check(cfg, job) -> list[str]:

@@ -31,3 +31,10 @@ class CompressSettings(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="dtype of the dense tensors saved")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     offload_activations: bool = False
+
+
+# The config sections the stage reads, and the keys among them that do not change its results (its
+# ``interface.STAGE`` uses these, and so does a resume fingerprint where the stage resumes).
+SECTIONS = ("model", "compress")
+# Where or how fast compress runs, not what it computes: a resume may change them, `run` ignores them.
+RESULT_FREE = {"compress": ("device", "offload_activations")}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .. import preemption, tracking
+from .. import preemption, stages, tracking
 from ..artifacts import check_output, partial_dir, write_artifact
 from ..errors import UserError
 from ..config import RunConfig
@@ -25,9 +25,9 @@ from ..sketch import find_target_linears, replace_with_sketches, save_sketch
 from . import distributed
 from .calibration import load_calibration
 from .checkpoint import CHECKPOINT_DIR, check_resumable
-from .interface import STAGE
 from .pipeline import check_targets, compress_model, resolve_device
 from .reporting import PLOT_NAME, LayerProgress, plot_errors, print_summary, summarize
+from .settings import RESULT_FREE, SECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def default_output(model_name: str, bits: int, groups_per_row: int) -> Path:
 def resume_hash(config: dict) -> str:
     """Hash of the settings a checkpoint depends on: the stage's fingerprint (its result-free keys, which a
     resume may change, left out), the same one `sketchtune run` compares."""
-    return STAGE.fingerprint(config)
+    return stages.fingerprint(SECTIONS, RESULT_FREE, config)
 
 
 def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bool = False,

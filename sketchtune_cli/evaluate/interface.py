@@ -4,10 +4,9 @@ from __future__ import annotations
 from .. import preflight
 from ..artifacts import is_artifact
 from ..stages import Stage
+from .settings import RESULT_FREE, SECTIONS
 from .registry import task_problems
 
-SECTIONS = ("model", "eval")
-RESULT_FREE = {"eval": ("batch_size",)}
 
 
 def check(cfg, job) -> list[str]:
@@ -28,7 +27,7 @@ def plan(cfg, job) -> dict:
 def run(cfg, job, parent):
     from .pipeline import run_eval
 
-    return run_eval([str(parent.path)], cfg, job.out, overwrite=job.overwrite).path
+    return run_eval([parent], cfg, job.out, overwrite=job.overwrite, base=job.base).path
 
 
 def headline(manifest) -> dict:

@@ -45,7 +45,8 @@ def _options(cfg: RunConfig) -> runner.RunOptions:
                              chat_template=e.chat_template, log_samples=e.log_samples)
 
 
-def evaluate_one(spec: str, tasks: list[str], task_manager, cfg: RunConfig, base: str | None = None) -> Evaluated:
+def evaluate_one(spec: str | Manifest, tasks: list[str], task_manager, cfg: RunConfig,
+                 base: str | Manifest | None = None) -> Evaluated:
     """Build one model (sketch, fine-tune, export or plain model) and run lm-eval on it."""
     from ..loading import load_any
 
@@ -68,7 +69,8 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_eval(specs: list[str], cfg: RunConfig, out: Path, overwrite: bool = False, base: str | None = None) -> EvalOutcome:
+def run_eval(specs: list[str | Manifest], cfg: RunConfig, out: Path, overwrite: bool = False,
+             base: str | Manifest | None = None) -> EvalOutcome:
     sel = registry.select(cfg.eval.tasks, have_data_dir=data_dir_of(cfg) is not None)
     data_dir = registry.resolve_data_dir(sel.paper, data_dir_of(cfg))  # fetches verified files if none given
     main = runner.distributed_state().is_main_process

@@ -15,3 +15,9 @@ class EvalSettings(Section):
     max_new_tokens: int = Field(256, ge=1)
     chat_template: bool = False
     log_samples: bool = False
+
+
+# The config sections the stage reads, and the keys among them that do not change its results (its
+# ``interface.STAGE`` uses these, and so does a resume fingerprint where the stage resumes).
+SECTIONS = ("model", "eval")
+RESULT_FREE = {"eval": ("batch_size",)}

@@ -3,7 +3,8 @@
 The codes and dense tensors, nearly all of a sketch's bytes, are loaded once. Each adapter is only LUTs
 (for Llama-3-8B at G=4, 88M values against 8B codes), kept ready in the model's LUT dtype and device, and
 activating one copies them into the live ``lut`` parameters in place: no reload, no new tensors, so
-references to the model (an optimizer, a compiled graph, a server's handle) stay valid."""
+references to the model (an optimizer, a compiled graph, a server's handle) stay valid. The base and the
+adapters are read through :mod:`sketchtune_cli.loading`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,16 +13,15 @@ import torch
 
 from ..artifacts import Manifest, is_artifact, read_manifest
 from ..errors import UserError
-from ..sketch import load_sketch, lut_state_dict, sketched_layers
-from .lut_adapter import base_sketch_of, check_base_hash, read_adapter_config, read_adapter_luts
+from ..loading import base_sketch_of, check_base_hash, load_sketch_artifact, read_adapter_config, read_adapter_luts
+from ..sketch import lut_state_dict, sketched_layers
 
 BASE = "base"  # name of the base sketch's own LUTs, always available
 
 
 class AdapterBank:
     def __init__(self, base: Manifest, device: str = "cpu", dtype: torch.dtype | None = None):
-        self.base = base
-        self.model = load_sketch(base.path, device=device, dtype=dtype)
+        self.model, self.tokenizer, self.base = load_sketch_artifact(base, device=device, dtype=dtype)
         self.layers = {f"{n}.lut": m for n, m in sketched_layers(self.model).items()}
         self.adapters: dict[str, dict[str, torch.Tensor]] = {BASE: {k: v.clone() for k, v in lut_state_dict(self.model).items()}}
         self.active = BASE

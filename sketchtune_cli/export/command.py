@@ -1,4 +1,4 @@
-"""`sketchtune export`: parse, resolve the config, call ``run.export_artifact``, print the artifact path."""
+"""`sketchtune export`: parse, resolve the config, call ``stage.export_artifact``, print the artifact path."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +40,7 @@ def export_command(
     from ..config import load_config
     from ..stages import Job
     from .interface import STAGE
-    from .run import export_artifact
+    from .stage import export_artifact
 
     cfg = load_config(config, overrides, values={"export.format": fmt, "export.dtype": dtype})
     preflight.require([(STAGE, Job(output, overwrite=overwrite, inputs=(str(artifact),), base=base))], cfg)

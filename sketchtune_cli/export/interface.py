@@ -7,9 +7,8 @@ from .. import preflight
 from ..artifacts import is_artifact, read_manifest
 from ..errors import UserError
 from ..stages import Stage
+from .settings import RESULT_FREE, SECTIONS
 
-SECTIONS = ("export",)
-RESULT_FREE: dict[str, tuple[str, ...]] = {}
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
@@ -60,12 +59,12 @@ def plan(cfg, job) -> dict:
 
 
 def run(cfg, job, parent):
-    from .run import export_artifact
+    from .stage import export_artifact
 
     eval_dir = Path(cfg.output_dir) / "eval"
     evals = [eval_dir] if is_artifact(eval_dir) else []
-    return export_artifact(parent.path, job.out, cfg.export, overwrite=job.overwrite, eval_artifacts=evals,
-                           config=cfg.section_dict("export")).path
+    return export_artifact(parent, job.out, cfg.export, overwrite=job.overwrite, eval_artifacts=evals,
+                           config=cfg.section_dict("export"), base=job.base).path
 
 
 def headline(manifest) -> dict:

@@ -6,12 +6,9 @@ from pathlib import Path
 
 from .. import preflight
 from ..stages import Stage
+from .settings import RESULT_FREE, SECTIONS
 from .data import data_problems, held_out_count
 
-SECTIONS = ("model", "data", "train")
-# train keys that change only where the base is read from, or logging/bookkeeping: a resumed run may change
-# them and `run` ignores them (the base itself is pinned by its content hash).
-RESULT_FREE = {"train": ("base", "save_every", "save_every_minutes", "eval_every", "log_every", "trackers")}
 # lut_adapter (fp32) + a checkpoint's LUTs and AdamW moments (fp32), per trainable value, times KEEP
 ARTIFACT_BYTES_PER_PARAM = 4 + 3 * 4 * 2
 
@@ -71,7 +68,7 @@ def run(cfg, job, parent):
 
     cfg = cfg.model_copy(deep=True)
     cfg.train.base = str(parent.path)
-    return run_finetune(cfg, job.out, resume=job.resume, overwrite=job.overwrite)
+    return run_finetune(cfg, job.out, resume=job.resume, overwrite=job.overwrite, base=parent)
 
 
 def headline(manifest) -> dict:

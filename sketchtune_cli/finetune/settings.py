@@ -40,3 +40,11 @@ class TrainSettings(Section):
     eval_every: Optional[int] = Field(None, ge=1)
     log_every: int = Field(1, ge=1)
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="finetune-only trackers (older key); logging.trackers covers every stage")
+
+
+# The config sections the stage reads, and the keys among them that do not change its results (its
+# ``interface.STAGE`` uses these, and so does a resume fingerprint where the stage resumes).
+SECTIONS = ("model", "data", "train")
+# train keys that change only where the base is read from, or logging/bookkeeping: a resumed run may change
+# them and `run` ignores them (the base itself is pinned by its content hash).
+RESULT_FREE = {"train": ("base", "save_every", "save_every_minutes", "eval_every", "log_every", "trackers")}

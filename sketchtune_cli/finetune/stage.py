@@ -18,24 +18,26 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .. import preemption, tracking
+from .. import preemption, stages, tracking
 from ..artifacts import Manifest, check_output, is_artifact, partial_dir, read_manifest, write_artifact
 from ..errors import UserError
-from ..loading import LUT_ADAPTER, load_sketch_artifact
+from ..loading import LUT_ADAPTER, artifact, load_sketch_artifact
 from ..models import torch_dtype
 from ..output_lock import OutputLocked
 from . import checkpoint as ckpt
 from .data import build_datasets
-from .interface import STAGE
 from .metrics import LOSS_PLOT, plot_losses
+from .settings import RESULT_FREE, SECTIONS
 from .trainer import Trainer, make_accelerator
 
 log = logging.getLogger(__name__)
 
 
-def resolve_base(cfg) -> Manifest:
-    """The sketch to fine-tune: --base / train.base, else ``output_dir/compress`` (as `sketchtune run` lays
-    it out)."""
+def resolve_base(cfg, known: Manifest | None = None) -> Manifest:
+    """The sketch to fine-tune, verified: ``known`` (its manifest, as `sketchtune run` holds it), else
+    --base / train.base, else ``output_dir/compress`` (as `sketchtune run` lays it out)."""
+    if known is not None:
+        return artifact(known, "sketch")
     base = cfg.train.base or str(Path(cfg.output_dir) / "compress")
     if not cfg.train.base and not is_artifact(base):
         raise UserError(f"no base sketch: pass --base SKETCH_DIR or set train.base (looked for {base})")
@@ -55,7 +57,7 @@ def run_config(cfg, base: Manifest) -> dict:
 def fingerprint(sections: dict, base: Manifest) -> str:
     """What must not change between an interrupted run and its resume: data, training recipe, base (by its
     content hash; its path may change)."""
-    train = STAGE.results_config(sections)["train"]
+    train = stages.results_config(SECTIONS, RESULT_FREE, sections)["train"]
     blob = json.dumps({"data": sections["data"], "train": train, "base": base.content_hash,
                        "model_dtype": sections["model"]["dtype"]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -75,10 +77,12 @@ def check_resume(out: Path, fp: str) -> bool:
     return True
 
 
-def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> Path:
-    """Fine-tune the LUTs of a sketch per ``cfg``; returns the artifact path (on every process)."""
+def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+                 base: Manifest | None = None) -> Path:
+    """Fine-tune the LUTs of a sketch per ``cfg``; returns the artifact path (on every process). ``base``:
+    the base sketch's manifest when the caller has read it already (``cfg.train.base`` must name it)."""
     out = Path(output) if output else default_output(cfg)
-    base = resolve_base(cfg)
+    base = resolve_base(cfg, base)
     check_output(out, overwrite, resume)
     accelerator = make_accelerator(cfg.train, partial_dir(out) / "logs", tracking.make_trackers(cfg, "finetune", out))
     if not accelerator.is_main_process:  # one copy of progress and warnings, from the main process
@@ -87,7 +91,7 @@ def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, ov
     fp = fingerprint(sections, base)
     resuming = resume and check_resume(out, fp)
     dtype = torch_dtype(cfg.model.dtype, str(accelerator.device))
-    model, tokenizer, _ = load_sketch_artifact(base.path, device=accelerator.device, dtype=dtype)
+    model, tokenizer, _ = load_sketch_artifact(base, device=accelerator.device, dtype=dtype)
     data = build_datasets(cfg.data, tokenizer, seed=cfg.train.seed)
     accelerator.wait_for_everyone()
     was_deterministic = torch.are_deterministic_algorithms_enabled()

@@ -111,6 +111,24 @@ def test_no_import_cycles_at_import_time():
     assert find_cycle(import_graph()) is None
 
 
+def test_the_graph_sees_function_level_imports():
+    graph = import_graph(function_level=True)
+    assert "sketchtune_cli.compress.stage" in graph["sketchtune_cli.compress.interface"]  # inside run()
+    assert "sketchtune_cli.compress.stage" not in import_graph()["sketchtune_cli.compress.interface"]
+
+
+def test_no_import_cycles_anywhere():
+    """Function-level imports too: one that only defers a cycle still ties the modules into a knot."""
+    assert find_cycle(import_graph(function_level=True)) is None
+
+
+def test_the_loader_stands_below_the_stages():
+    """``loading`` turns any artifact into a model for every stage, so it imports none of them (``export/``
+    writes formats; reading them back is the loader's)."""
+    deps = import_graph(function_level=True)["sketchtune_cli.loading"]
+    assert not sorted(d for d in deps if _stage_of(d) or d in CLI_LAYER)
+
+
 def test_kernels_import_nothing_from_sketchtune_cli():
     graph = import_graph(function_level=True)
     offending = {m: sorted(t for t in deps if t.startswith("sketchtune_cli"))

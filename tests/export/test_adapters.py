@@ -8,7 +8,7 @@ from artifacts_export import write_finetune_artifact
 from helpers_export import logits
 from sketchtune_cli.errors import UserError
 from sketchtune_cli.export.adapters import BASE, AdapterBank
-from sketchtune_cli.export.run import export_artifact
+from sketchtune_cli.export.stage import export_artifact
 from sketchtune_cli.export.settings import ExportSettings
 from sketchtune_cli.loading import load_any
 

@@ -10,7 +10,7 @@ def test_lm_eval_hflm_loads_hf_sketch(tiny_artifacts, tmp_path):
     from lm_eval.models.huggingface import HFLM
 
     import sketchtune_cli  # noqa: F401  (registers quant_method "sketchtune" with transformers)
-    from sketchtune_cli.export.run import export_artifact
+    from sketchtune_cli.export.stage import export_artifact
     from sketchtune_cli.export.settings import ExportSettings
     from sketchtune_cli.loading import load_any
     from sketchtune_cli.sketch import SketchedLinear
@@ -43,7 +43,7 @@ def test_import_registers_plugin_in_fresh_process(tiny_artifacts, tmp_path):
     import subprocess
     import sys
 
-    from sketchtune_cli.export.run import export_artifact
+    from sketchtune_cli.export.stage import export_artifact
     from sketchtune_cli.export.settings import ExportSettings
 
     export_artifact(tiny_artifacts[0].path, tmp_path / "sk", ExportSettings(format="hf-sketch"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers_export import config_json, logits, logits_without_sketchtune
-from sketchtune_cli.export.run import export_artifact
+from sketchtune_cli.export.stage import export_artifact
 from sketchtune_cli.export.settings import ExportSettings
 from sketchtune_cli.loading import load_any
 

@@ -52,7 +52,7 @@ def test_lut_only_with_moved_or_changed_base(tiny_artifacts, tmp_path, capsys):
     import json
 
     from sketchtune_cli.errors import UserError
-    from sketchtune_cli.export.lut_adapter import base_sketch_of
+    from sketchtune_cli.loading import base_sketch_of
 
     code, _, err = run_cli(capsys, "export", str(tiny_artifacts[1].path), "-f", "lut-only", "-o", str(tmp_path / "a"))
     assert code == 0, err

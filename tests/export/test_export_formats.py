@@ -31,7 +31,7 @@ def test_hf_dense_loads_without_sketchtune(tiny_artifacts, finetuned_logits, tmp
 
 
 def test_hf_dense_default_dtype_is_bf16(tiny_artifacts, tmp_path):
-    from sketchtune_cli.export.run import export_artifact
+    from sketchtune_cli.export.stage import export_artifact
     from sketchtune_cli.export.settings import ExportSettings
 
     manifest = export_artifact(tiny_artifacts[0].path, tmp_path / "d", ExportSettings())
@@ -44,7 +44,7 @@ def test_hf_sketch_from_pretrained_same_logits_and_generate(tiny_artifacts, fine
     from transformers import AutoModelForCausalLM
 
     import sketchtune_cli  # noqa: F401  (registers the quantizer)
-    from sketchtune_cli.export.run import export_artifact
+    from sketchtune_cli.export.stage import export_artifact
     from sketchtune_cli.export.settings import ExportSettings
     from sketchtune_cli.sketch import SketchedLinear
 
@@ -70,7 +70,7 @@ def test_hf_sketch_from_pretrained_same_logits_and_generate(tiny_artifacts, fine
 def test_hf_sketch_trains_luts_only(tiny_artifacts, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from sketchtune_cli.export.run import export_artifact
+    from sketchtune_cli.export.stage import export_artifact
     from sketchtune_cli.export.settings import ExportSettings
 
     out = tmp_path / "sk"
@@ -90,7 +90,7 @@ def test_hf_sketch_trains_luts_only(tiny_artifacts, tmp_path):
 def test_hf_sketch_with_transformers_trainer(tiny_artifacts, tmp_path):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from sketchtune_cli.export.run import export_artifact
+    from sketchtune_cli.export.stage import export_artifact
     from sketchtune_cli.export.settings import ExportSettings
 
     export_artifact(tiny_artifacts[1].path, tmp_path / "sk", ExportSettings(format="hf-sketch", dtype="fp32"))
@@ -105,7 +105,7 @@ def test_hf_sketch_with_transformers_trainer(tiny_artifacts, tmp_path):
 
 
 def test_lut_only_reapplied_to_base(tiny_artifacts, finetuned_logits, tmp_path):
-    from sketchtune_cli.export.run import export_artifact
+    from sketchtune_cli.export.stage import export_artifact
     from sketchtune_cli.export.settings import ExportSettings
 
     sketch, finetune = tiny_artifacts
@@ -118,7 +118,7 @@ def test_lut_only_reapplied_to_base(tiny_artifacts, finetuned_logits, tmp_path):
 
 def test_manifest_results_and_model_card(tiny_artifacts, tmp_path):
     from sketchtune_cli.artifacts import write_artifact
-    from sketchtune_cli.export.run import export_artifact
+    from sketchtune_cli.export.stage import export_artifact
     from sketchtune_cli.export.settings import ExportSettings
 
     sketch, finetune = tiny_artifacts

@@ -1,5 +1,6 @@
-"""`sketchtune export` as a function: load a sketch or fine-tune artifact, write one export format into an
-export artifact (manifest + model card), return its manifest."""
+"""The export stage (`sketchtune export` as a function): load a sketch or fine-tune artifact through
+:mod:`sketchtune_cli.loading`, write one export format into an export artifact (manifest + model card),
+return its manifest. Reading exports back is the loader's work, not this package's."""
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,8 @@ import torch
 
 from ..artifacts import Manifest, check_output, is_artifact, lineage, read_manifest, write_artifact
 from ..errors import UserError
-from ..loading import LUT_ADAPTER, apply_lut_file, parent_of
-from ..sketch import load_sketch, read_sketch_config
+from ..loading import Artifact, artifact, finetune_base, load_with_luts, lut_file_of
+from ..sketch import read_sketch_config
 from . import formats, model_card
 from .settings import ExportSettings
 
@@ -18,17 +19,20 @@ log = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def export_artifact(source: str | Path, out: str | Path, settings: ExportSettings, overwrite: bool = False,
-                    eval_artifacts: list[str | Path] = (), config: dict | None = None,
-                    base: str | Path | None = None) -> Manifest:
-    """Write ``settings.format`` of ``source`` (sketch or fine-tune artifact) to ``out``; ``base`` re-points
-    a fine-tune at a base sketch that moved on its own."""
+def export_artifact(source: Artifact, out: str | Path, settings: ExportSettings, overwrite: bool = False,
+                    eval_artifacts: list[Artifact] = (), config: dict | None = None,
+                    base: Artifact | None = None) -> Manifest:
+    """Write ``settings.format`` of ``source`` (sketch or fine-tune artifact, or its manifest) to ``out``;
+    ``base`` re-points a fine-tune at a base sketch that moved on its own (or is its manifest, already read)."""
     out = Path(out)
     check_output(out, overwrite)  # fail before the (slow) load
-    manifest = read_manifest(source, stage=("sketch", "finetune"))
-    base = manifest if manifest.stage == "sketch" else parent_of(manifest, "sketch", base)
+    manifest = artifact(source, ("sketch", "finetune"))
+    base = finetune_base(manifest, base)
     evals = _eval_manifests(manifest, eval_artifacts)
-    model, tokenizer = _load_source(manifest, base)
+    # in fp32: exact W_hat, cast once when writing
+    model, tokenizer = load_with_luts(base, lut_file_of(manifest), "cpu", torch.float32)
+    if tokenizer is None:  # tiny test sketches have none; real ones always do
+        log.warning("%s has no tokenizer; the export will have none either", base.path)
     _, base_qcfg = read_sketch_config(base.path)
     results = _results(settings, model, manifest, base, base_qcfg)
     config = config or {"export": settings.model_dump(mode="json")}
@@ -47,24 +51,6 @@ def export_artifact(source: str | Path, out: str | Path, settings: ExportSetting
         (writer.path / "README.md").write_text(card)
         writer.results = results
     return writer.manifest
-
-
-def _load_source(manifest: Manifest, base: Manifest):
-    """The sketched model in fp32 (exact W_hat; cast once when writing), its LUTs fine-tuned if any."""
-    model = load_sketch(base.path, device="cpu", dtype=torch.float32)
-    if manifest.stage == "finetune":
-        apply_lut_file(model, Path(manifest.path) / LUT_ADAPTER)
-    return model, load_tokenizer_if_any(base.path)
-
-
-def load_tokenizer_if_any(directory: str | Path):
-    """The tokenizer saved beside a model, or None (tiny test sketches have none; real ones always do)."""
-    from transformers import AutoTokenizer
-
-    if not any((Path(directory) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        log.warning("%s has no tokenizer; the export will have none either", directory)
-        return None
-    return AutoTokenizer.from_pretrained(str(directory))
 
 
 def _results(settings: ExportSettings, model, manifest: Manifest, base: Manifest, base_qcfg: dict) -> dict:
@@ -92,12 +78,13 @@ def base_model_name(sketch: Manifest) -> str:
     return config.get("_name_or_path") or "unknown"
 
 
-def _eval_manifests(manifest: Manifest, extra: list[str | Path]) -> list[Manifest]:
-    """Eval artifacts of this very artifact: those named with --eval, plus sibling directories whose
-    parent is it (``sketchtune run`` writes eval beside finetune)."""
+def _eval_manifests(manifest: Manifest, extra: list[Artifact]) -> list[Manifest]:
+    """Eval artifacts of this very artifact: those named with --eval (paths or manifests), plus sibling
+    directories whose parent is it (``sketchtune run`` writes eval beside finetune)."""
     found = {}
-    for path in extra:
-        m = read_manifest(path, stage="eval")
+    for given in extra:
+        m = artifact(given, "eval")
+        path = m.path if isinstance(given, Manifest) else given
         if not m.parent or m.parent.get("content_hash") != manifest.content_hash:
             log.warning("%s evaluated a different artifact than %s; including it anyway", path, manifest.path)
         found[Path(path).resolve()] = m
