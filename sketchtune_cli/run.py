@@ -220,8 +220,8 @@ def run_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False,
         if resume:
             log.info("%s: resuming the interrupted run in %s", name, partial_dir(out))
         start = time.perf_counter()
-        grandparent = known.get(PARENT_STAGE.get(stage.parent)) if stage.parent else None
-        path = stage.run(cfg, stages.Job(out, overwrite=overwrite, resume=resume, base=grandparent), parent)
+        job = stages.Job(out, overwrite=overwrite, resume=resume, known=tuple(known.values()))
+        path = stage.run(cfg, job, parent)
         manifest = read_manifest(path, stage=stage.artifact, verify=False)
         manifest.verified = True  # its writer hashed every file just now, in this run
         known[name] = manifest

@@ -25,10 +25,20 @@ class Job:
     resume: bool = False
     inputs: tuple[str, ...] = ()  # artifacts or models it reads; empty: the stage finds them from the config
     pending: bool = False  # its input is made by an earlier stage of this `sketchtune run`
-    # --base: where a fine-tune's (or lut-only export's) base sketch moved; or its manifest, already read and
-    # verified by `sketchtune run`, so that the stage does not hash it again
-    base: str | Manifest | None = None
+    base: str | None = None  # --base: where a fine-tune's (or lut-only export's) base sketch moved
     check_output: bool = True  # refuse an existing output (`run` decides skip/overwrite itself)
+    # artifacts `sketchtune run` has already read (verified) or written in this process: a stage takes its
+    # inputs from here rather than reading (and hashing) the directories again
+    known: tuple[Manifest, ...] = ()
+
+    def known_at(self, path: str | Path) -> Manifest | None:
+        """The known artifact at ``path``, if any."""
+        where = Path(path).resolve()
+        return next((m for m in self.known if Path(m.path).resolve() == where), None)
+
+    def base_hint(self) -> str | Manifest | None:
+        """--base if given, else a known sketch (``loading`` uses it only if it is the recorded base)."""
+        return self.base or next((m for m in self.known if m.stage == "sketch"), None)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def plan(cfg, job) -> dict:
 def run(cfg, job, parent):
     from .pipeline import run_eval
 
-    return run_eval([parent], cfg, job.out, overwrite=job.overwrite, base=job.base).path
+    return run_eval([parent], cfg, job.out, overwrite=job.overwrite, base=job.base_hint()).path
 
 
 def headline(manifest) -> dict:

@@ -62,9 +62,9 @@ def run(cfg, job, parent):
     from .stage import export_artifact
 
     eval_dir = Path(cfg.output_dir) / "eval"
-    evals = [eval_dir] if is_artifact(eval_dir) else []
+    evals = [job.known_at(eval_dir) or eval_dir] if is_artifact(eval_dir) else []
     return export_artifact(parent, job.out, cfg.export, overwrite=job.overwrite, eval_artifacts=evals,
-                           config=cfg.section_dict("export"), base=job.base).path
+                           config=cfg.section_dict("export"), base=job.base_hint()).path
 
 
 def headline(manifest) -> dict:

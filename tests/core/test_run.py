@@ -106,3 +106,39 @@ def test_config_errors_are_one_line_exit_2(tmp_path, content, override, message)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_each_artifact_file_is_hashed_once_per_run(capsys, tiny_run_config, tmp_path, monkeypatch):
+    """`sketchtune run` hashes each artifact's files once per process: a stage hands on the manifest it
+    verified (or just wrote) instead of the next stage reading the directory again."""
+    from collections import Counter
+    from pathlib import Path
+
+    from sketchtune_cli import artifacts
+
+    path, _ = tiny_run_config
+    out = tmp_path / "out"
+    stages = ("compress", "finetune", "eval", "export")
+    counts: Counter = Counter()
+    real = artifacts.sha256_file
+
+    def counting(file, *args, **kwargs):
+        rel = Path(file).resolve().relative_to(out.resolve()) if Path(file).resolve().is_relative_to(out.resolve()) else None
+        if rel is not None and rel.parts[0].removesuffix(".partial") in stages:  # a writer hashes in <stage>.partial
+            counts[(rel.parts[0].removesuffix(".partial"), Path(*rel.parts[1:]).as_posix())] += 1
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(artifacts, "sha256_file", counting)
+
+    code, stdout, err = run_cli(capsys, "run", "--config", path, f"output_dir={out}", "--json")
+    assert code == 0, err
+    assert [r["status"] for r in json.loads(stdout)] == ["ran"] * 4
+    files = {(stage, rel) for stage in stages for rel in read_manifest(out / stage, verify=False).files}
+    assert {f: counts[f] for f in files} == dict.fromkeys(files, 1)  # hashed when written, never again
+    assert set(counts) == files
+
+    counts.clear()
+    code, stdout, err = run_cli(capsys, "run", "--config", path, f"output_dir={out}", "--json")
+    assert code == 0, err
+    assert [r["status"] for r in json.loads(stdout)] == ["skipped"] * 4
+    assert dict(counts) == dict.fromkeys(files, 1)  # each artifact verified once, though each is also a parent
