@@ -37,9 +37,6 @@ STAGE_MODULES = [
     "sketchtune_cli.config_cmd",
 ]
 
-_state = {"debug": False}
-
-
 def _print_version(value: bool) -> None:
     if value:
         from . import __version__
@@ -52,11 +49,10 @@ def _print_version(value: bool) -> None:
 def _main(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                  help="print the version and exit"),
-    debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors"),  # main() reads it from argv
     verbose: bool = typer.Option(False, "--verbose", "-v", help="debug-level logs on stderr"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings and errors on stderr"),
 ):
-    _state["debug"] = debug
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     setup_logging(level)
 

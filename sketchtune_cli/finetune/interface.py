@@ -22,6 +22,29 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+_DATA_CHECK: dict[tuple, tuple[int | None, list[str]]] = {}  # the latest data check only
+
+
+def _stamp(path: str | None) -> tuple[int, int] | None:
+    """Size and mtime of a local data file (a change to it is a new check), None for other sources."""
+    try:
+        st = Path(path).stat() if path else None
+    except (OSError, ValueError):
+        return None
+    return (st.st_size, st.st_mtime_ns) if st else None
+
+
+def checked_data(data) -> tuple[int | None, list[str]]:
+    """``data_problems(data)``, reading the data once for ``check`` and ``plan`` of one preflight (keyed by
+    the settings and the local files' size and mtime; only the latest is kept)."""
+    key = (data.model_dump_json(), _stamp(data.path), _stamp(data.val_path))
+    if key not in _DATA_CHECK:
+        _DATA_CHECK.clear()
+        _DATA_CHECK[key] = data_problems(data)
+    n, problems = _DATA_CHECK[key]
+    return n, list(problems)
+
+
 def check(cfg, job) -> list[str]:
     from .trainer import batch_problems, resolve_mixed_precision
 
@@ -32,7 +55,7 @@ def check(cfg, job) -> list[str]:
             problems.append(f"no base sketch: pass --base SKETCH_DIR or set train.base (looked for {base})")
         else:
             problems += preflight.artifact_problems(base, "sketch")
-    problems += data_problems(cfg.data)[1]
+    problems += checked_data(cfg.data)[1]
     problems += batch_problems(cfg.train, world_size())
     problems += preflight.problem_of(resolve_mixed_precision, cfg.train.mixed_precision, preflight.cuda_available())
     return problems
@@ -40,7 +63,7 @@ def check(cfg, job) -> list[str]:
 
 def train_records(cfg) -> int | None:
     """Records the trainer will see: after ``data.limit``, less those held out for validation."""
-    n, _ = data_problems(cfg.data)
+    n, _ = checked_data(cfg.data)
     if n is None or cfg.data.val_path:
         return n
     return n - held_out_count(n, cfg.data.val_fraction)
