@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import preemption, stages, tracking
-from ..artifacts import Manifest, check_output, is_artifact, partial_dir, read_manifest, write_artifact
+from ..artifacts import Manifest, check_output, is_artifact, partial_dir, write_artifact
 from ..errors import UserError
 from ..loading import LUT_ADAPTER, artifact, load_sketch_artifact
 from ..models import torch_dtype
@@ -36,12 +36,10 @@ log = logging.getLogger(__name__)
 def resolve_base(cfg, known: Manifest | None = None) -> Manifest:
     """The sketch to fine-tune, verified: ``known`` (its manifest, as `sketchtune run` holds it), else
     --base / train.base, else ``output_dir/compress`` (as `sketchtune run` lays it out)."""
-    if known is not None:
-        return artifact(known, "sketch")
-    base = cfg.train.base or str(Path(cfg.output_dir) / "compress")
-    if not cfg.train.base and not is_artifact(base):
+    base = known if known is not None else cfg.train.base or str(Path(cfg.output_dir) / "compress")
+    if known is None and not cfg.train.base and not is_artifact(base):
         raise UserError(f"no base sketch: pass --base SKETCH_DIR or set train.base (looked for {base})")
-    return read_manifest(base, stage="sketch")
+    return artifact(base, "sketch")
 
 
 def default_output(cfg) -> Path:
