@@ -37,7 +37,7 @@ def export_artifact(source: Artifact, out: str | Path, settings: ExportSettings,
     results = _results(settings, model, manifest, base, base_qcfg)
     config = config or {"export": settings.model_dump(mode="json")}
     dtype = DTYPES[settings.dtype]
-    log.info("exporting %s as %s (%s) to %s", source, settings.format, settings.dtype, out)
+    log.info("exporting %s as %s (%s) to %s", manifest.path, settings.format, settings.dtype, out)
     with write_artifact(out, "export", config, parent=manifest, overwrite=overwrite) as writer:
         if settings.format == "hf-dense":
             formats.write_hf_dense(model, tokenizer, writer.path, dtype, settings.max_shard_size)
