@@ -10,6 +10,7 @@ import os
 import shutil
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from .artifacts import is_artifact, read_manifest
 from .errors import PreflightError, UserError
@@ -160,9 +161,33 @@ def unique(problems: list[str]) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
+T = TypeVar("T")
+_PASS: dict | None = None  # what `once` computed in the running `collect`; None outside one
+
+
+def once(key, compute: Callable[[], T]) -> T:
+    """``compute()``, called once per preflight pass for ``key`` (a stage's ``check`` and ``plan`` may both
+    need, say, its data read); outside a pass, every time. Nothing outlives the pass, so a source that
+    changes between passes is read again."""
+    if _PASS is None:
+        return compute()
+    if key not in _PASS:
+        _PASS[key] = compute()
+    return _PASS[key]
+
+
 def collect(checks: list[tuple], cfg) -> tuple[list[dict], list[str]]:
     """The preflight of ``checks`` = [(stage, job), ...]: each stage's own checks, its output, and the free
     disk its planned artifact needs. Returns (the stages' plans, every problem found)."""
+    global _PASS
+    outer, _PASS = _PASS, {} if _PASS is None else _PASS
+    try:
+        return _collect(checks, cfg)
+    finally:
+        _PASS = outer
+
+
+def _collect(checks: list[tuple], cfg) -> tuple[list[dict], list[str]]:
     problems, plans, needs = [], [], []
     for stage, job in checks:
         problems += stage.check(cfg, job) + writable_problems(job.out)

@@ -22,26 +22,9 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-_DATA_CHECK: dict[tuple, tuple[int | None, list[str]]] = {}  # the latest data check only
-
-
-def _stamp(path: str | None) -> tuple[int, int] | None:
-    """Size and mtime of a local data file (a change to it is a new check), None for other sources."""
-    try:
-        st = Path(path).stat() if path else None
-    except (OSError, ValueError):
-        return None
-    return (st.st_size, st.st_mtime_ns) if st else None
-
-
 def checked_data(data) -> tuple[int | None, list[str]]:
-    """``data_problems(data)``, reading the data once for ``check`` and ``plan`` of one preflight (keyed by
-    the settings and the local files' size and mtime; only the latest is kept)."""
-    key = (data.model_dump_json(), _stamp(data.path), _stamp(data.val_path))
-    if key not in _DATA_CHECK:
-        _DATA_CHECK.clear()
-        _DATA_CHECK[key] = data_problems(data)
-    n, problems = _DATA_CHECK[key]
+    """``data_problems(data)``: within one preflight pass, ``check`` and ``plan`` share one read."""
+    n, problems = preflight.once(("finetune.data", data.model_dump_json()), lambda: data_problems(data))
     return n, list(problems)
 
 

@@ -241,14 +241,14 @@ def test_resume_with_no_readable_checkpoint_says_how_to_start_over(two_checkpoin
 
 
 def test_a_dry_run_reads_the_training_data_once(tmp_path, monkeypatch):
-    """The finetune stage's check and plan both need the data's records: one read serves both, and a
-    changed file is read again."""
+    """The finetune stage's check and plan both need the data's records: one read serves both within a
+    preflight pass, and the next pass reads the (changed) file again."""
     import json
 
+    from sketchtune_cli import preflight
+    from sketchtune_cli.config import load_config
     from sketchtune_cli.finetune import interface
     from sketchtune_cli.finetune.data import data_problems
-
-    from sketchtune_cli.config import load_config
     from sketchtune_cli.stages import Job
 
     path = tmp_path / "train.json"
@@ -256,10 +256,11 @@ def test_a_dry_run_reads_the_training_data_once(tmp_path, monkeypatch):
     reads = []
     monkeypatch.setattr(interface, "data_problems", lambda data: reads.append(data.path) or data_problems(data))
     cfg = load_config("demo", overrides=[f"data.path={path}", "data.val_fraction=0.2"])
-    job = Job(tmp_path / "out", pending=True)
-    interface.check(cfg, job)
-    assert interface.plan(cfg, job)["train_records"] == 8
+    checks = [(interface.STAGE, Job(tmp_path / "out", pending=True))]
+    plans, _ = preflight.collect(checks, cfg)
+    assert plans[0]["train_records"] == 8
     assert reads == [str(path)]
     path.write_text(json.dumps([{"instruction": "q", "input": "", "output": "a"}] * 20))
-    assert interface.plan(cfg, job)["train_records"] == 16
+    plans, _ = preflight.collect(checks, cfg)
+    assert plans[0]["train_records"] == 16
     assert reads == [str(path)] * 2
