@@ -8,7 +8,6 @@ Artifacts may be given as paths or as :class:`Manifest` objects a caller already
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from safetensors.torch import load_file
 from .artifacts import Manifest, ensure_verified, is_artifact, read_manifest, resolve_ref
 from .errors import UserError
 from .models import load_model, torch_dtype
-
-log = logging.getLogger(__name__)
 
 LUT_ADAPTER = "lut_adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -53,18 +50,11 @@ def artifact(source: Artifact, stage: str | tuple[str, ...] | None = None) -> Ma
 
 # ---- sketches and fine-tunes ----------------------------------------------------------------------------
 
-def has_tokenizer(directory: str | Path) -> bool:
-    return any((Path(directory) / f).is_file() for f in TOKENIZER_FILES)
-
-
-def load_tokenizer_if_any(directory: str | Path, warn: str | None = None):
-    """The tokenizer saved beside a model, or None (tiny test sketches have none; real ones always do);
-    ``warn``: what to log when there is none."""
+def load_tokenizer_if_any(directory: str | Path):
+    """The tokenizer saved beside a model, or None (tiny test sketches have none; real ones always do)."""
     from transformers import AutoTokenizer
 
-    if not has_tokenizer(directory):
-        if warn:
-            log.warning("%s has no tokenizer; %s", directory, warn)
+    if not any((Path(directory) / f).is_file() for f in TOKENIZER_FILES):
         return None
     return AutoTokenizer.from_pretrained(str(directory))
 
