@@ -315,13 +315,20 @@ class Trainer:
             return None
         self.model.eval()
         idx = list(range(self.acc.process_index, len(self.data.val), self.plan.world))
+        batches = micro_batches(idx, self.plan.micro_batch_size)
+        # Every rank runs the same number of forwards: under FSDP each forward gathers parameters and under
+        # DDP it broadcasts buffers, collectives a rank with one micro-batch fewer would never join (a
+        # hang). The padding forward re-reads example 0 and is not counted.
+        most = -(-len(range(0, len(self.data.val), self.plan.world)) // self.plan.micro_batch_size)
+        padding = [None] * (most - len(batches)) if self.plan.world > 1 else []
         sums = torch.zeros(2, dtype=torch.float64, device=self.acc.device)
-        for mb in micro_batches(idx, self.plan.micro_batch_size):
-            b = {k: v.to(self.acc.device) for k, v in collate([self.data.val[i] for i in mb], self.pad_id).items()}
+        for mb in batches + padding:
+            b = {k: v.to(self.acc.device) for k, v in collate([self.data.val[i] for i in mb or [0]], self.pad_id).items()}
             with self._autocast():
                 out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
-            sums[0] += token_loss_sum(out.logits, b["labels"]).double()
-            sums[1] += (b["labels"][:, 1:] != IGNORE).sum()
+            if mb is not None:
+                sums[0] += token_loss_sum(out.logits, b["labels"]).double()
+                sums[1] += (b["labels"][:, 1:] != IGNORE).sum()
         self.model.train()
         if self.plan.world > 1:
             sums = self.acc.reduce(sums, "sum")

@@ -209,3 +209,17 @@ def test_fsdp1_is_refused_in_one_line(tiny_base, tmp_path, monkeypatch):
     code, _, err = run_cli("finetune", "--base", str(tiny_base), "-o", str(out), *RECIPE)
     assert code != 0 and "--fsdp_version 2" in err and "Traceback" not in err
     assert not out.exists() and not partial_dir(out).exists()
+
+
+def test_fsdp_uneven_validation_shards_end_and_match_one(tiny_base, tmp_path):
+    """3 validation examples over 2 processes (2 + 1): each FSDP forward gathers parameters, so every rank
+    must run as many as the other (the short one pads); the run ends and its eval losses equal 1 process's."""
+    args = [*RECIPE, "train.max_steps=2", "train.micro_batch_size=1", "data.val_path=demo", "data.val_limit=3",
+            "train.eval_every=1"]
+    code, _, err = run_cli("finetune", "--base", str(tiny_base), "-o", str(tmp_path / "one"), *args)
+    assert code == 0, err
+    proc = _launch_fsdp("finetune", "--base", str(tiny_base), "-o", str(tmp_path / "two"), *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = [[r["eval_loss"] for r in _metrics(tmp_path / o) if r.get("eval_loss") is not None] for o in ("one", "two")]
+    assert len(evals[0]) == 2  # after step 1, and the final one
+    torch.testing.assert_close(torch.tensor(evals[1]), torch.tensor(evals[0]), rtol=1e-5, atol=0)
