@@ -25,7 +25,7 @@ from sketchtune_kernels import group_size, lut_dequant, pack_codes
 from ..sketch import Sketch
 from . import timing
 from .kmeans import weighted_kmeans_1d
-from .refit import refit_luts, refit_luts_unweighted, sort_luts
+from .refit import refit_luts, refit_luts_unweighted, sort_luts, weighted_rows
 from .settings import CompressSettings
 
 _LUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -102,6 +102,7 @@ def _refit_rounds(weights: torch.Tensor, H: torch.Tensor | None, prep: "_Prepare
     weighted = s.refit_weighting == "hessian"
     with timing.phase("refit"):
         refit_H = _refit_hessian(H, prep.damping, s.refit_shrinkage, weights.device) if weighted else None
+        Hw = weighted_rows(weights, refit_H) if weighted else None  # the same for every round
     lut = lut_store.float()
     with timing.phase("objective"):
         objectives = [_objective(weights, lut, codes, refit_H)]
@@ -111,7 +112,7 @@ def _refit_rounds(weights: torch.Tensor, H: torch.Tensor | None, prep: "_Prepare
             with timing.phase("codes"):
                 codes = _assign_codes(weights, prep, lut, s)
         with timing.phase("refit"):
-            refitted = refit_luts(weights, refit_H, codes, lut) if weighted else refit_luts_unweighted(weights, codes, lut)
+            refitted = refit_luts(weights, refit_H, codes, lut, Hw) if weighted else refit_luts_unweighted(weights, codes, lut)
             lut, codes = sort_luts(refitted, codes.view(rows, groups, -1))
             codes = codes.view(rows, -1)
             lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
