@@ -27,6 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from sketchtune_cli.compress import timing  # noqa: E402
 from sketchtune_cli.compress.calibration import load_calibration  # noqa: E402
+from sketchtune_cli.compress.cost_model import hessian_flops, layer_flops  # noqa: E402
 from sketchtune_cli.compress.pipeline import compress_model  # noqa: E402
 from sketchtune_cli.compress.settings import CompressSettings  # noqa: E402
 from sketchtune_cli.compress.sketcher import sketch_layer  # noqa: E402
@@ -73,11 +74,18 @@ def profile(a, groups: int) -> dict:
     model, tokenizer = truncated_model(a.model, a.blocks)
     calib = load_calibration("builtin", tokenizer, a.samples, a.seq_len, settings.seed)
     layers: dict[str, dict] = {}
+    flops = {"hessian": 0.0}
+    hessians: set[int] = set()
 
     def sketch_fn(W, H, s):  # the product's sketcher; keeps the objective trajectory the manifest leaves out
         sketch, stats = sketch_layer(W, H, s)
         layers[f"{len(layers)}"] = {"shape": list(W.shape), "refit_rounds": stats.refit_rounds,
                                     "rel_error": stats.relative_error, "objectives": stats.refit_objectives}
+        for phase, n in layer_flops(*W.shape, s, stats.refit_rounds, stats.kmeans_iterations).items():
+            flops[phase] = flops.get(phase, 0.0) + n
+        if H.data_ptr() not in hessians:  # one Hessian per group of linears sharing an input
+            hessians.add(H.data_ptr())
+            flops["hessian"] += hessian_flops(a.samples * a.seq_len, W.shape[1])
         return sketch, stats
 
     with timing.collect() as times:
@@ -86,7 +94,7 @@ def profile(a, groups: int) -> dict:
         wall = time.perf_counter() - start
     for key, name in zip(list(layers), result.layers):
         layers[name] = layers.pop(key)
-    return {"groups_per_row": groups, "wall_s": wall, "phases": times.seconds, "calls": times.calls,
+    return {"groups_per_row": groups, "wall_s": wall, "phases": times.seconds, "calls": times.calls, "flops": flops,
             "settings": settings.model_dump(include={"bits", "groups_per_row", "lut_refit_rounds", "refit_tolerance",
                                                      "kmeans_iters", "block_size", "num_samples", "seq_len"}),
             "layers": layers}
@@ -94,12 +102,16 @@ def profile(a, groups: int) -> dict:
 
 def table(run: dict) -> str:
     wall = run["wall_s"]
-    lines = [f"G={run['groups_per_row']}: {wall:.1f} s", "", "| phase | s | share |", "|---|---:|---:|"]
+    lines = [f"G={run['groups_per_row']}: {wall:.1f} s", "", "| phase | s | share | model GFLOP | GFLOP/s |",
+             "|---|---:|---:|---:|---:|"]
     named = {p: run["phases"].get(p, 0.0) for p in PHASES}
     for p, s in named.items():
-        lines.append(f"| {p} | {s:.2f} | {s / wall:.1%} |")
+        f = run["flops"].get(p)  # the cost model's count (sketchtune_cli/compress/cost_model.py); forwards: none
+        rate = f"{f / s / 1e9:.2f}" if f and s > 0 else "-"
+        lines.append(f"| {p} | {s:.2f} | {s / wall:.1%} | {f / 1e9:.2f} | {rate} |" if f is not None
+                     else f"| {p} | {s:.2f} | {s / wall:.1%} | - | - |")
     other = wall - sum(named.values())
-    lines.append(f"| other | {other:.2f} | {other / wall:.1%} |")
+    lines.append(f"| other | {other:.2f} | {other / wall:.1%} | - | - |")
     return "\n".join(lines)
 
 

@@ -88,3 +88,15 @@ def test_tolerance_changes_the_resume_fingerprint():
     changed = cfg.model_copy(deep=True)
     changed.compress.refit_tolerance = cfg.compress.refit_tolerance + 0.01
     assert resume_hash(cfg.section_dict("model", "compress")) != resume_hash(changed.section_dict("model", "compress"))
+
+
+def test_cost_model_counts_follow_the_rounds_used():
+    from sketchtune_cli.compress.cost_model import hessian_flops, layer_flops
+
+    s = CompressSettings(bits=4, groups_per_row=4, lut_refit_rounds=6)
+    full, early, none = layer_flops(576, 576, s), layer_flops(576, 576, s, refit_rounds=3), layer_flops(576, 576, s, 0)
+    assert none["refit"] == none["objective"] == 0
+    assert full["codes"] == 2 * early["codes"] and full["refit"] > early["refit"] > 0
+    # the refit's sparse product dominates its count: rows * cols^2 adds per round
+    assert 6 * 576 ** 3 < full["refit"] < 6 * 576 ** 3 * 1.5 + 2 * 576 ** 3
+    assert hessian_flops(4096, 576) == 2 * 4096 * 576 ** 2
