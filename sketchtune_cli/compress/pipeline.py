@@ -24,7 +24,7 @@ from sketchtune_kernels import group_size
 from .. import preemption
 from ..errors import UserError
 from ..sketch import Sketch, decoder_layers, find_target_linears
-from . import distributed
+from . import distributed, timing
 from .blocks import StopForward, capture_block_inputs, feed_until, pre_hooks, run_block, sequential_groups
 from .checkpoint import Checkpointer, ResumeState
 from .distributed import DistContext
@@ -35,7 +35,7 @@ from .sketcher import dequantize
 log = logging.getLogger(__name__)
 
 # Per-layer numbers broadcast from the rank that sketched the layer, and stored in the manifest.
-STAT_KEYS = ("rel_error", "damping", "damping_fraction", "dead_columns", "seconds")
+STAT_KEYS = ("rel_error", "damping", "damping_fraction", "dead_columns", "seconds", "refit_rounds")
 SketchFn = Callable[[torch.Tensor, torch.Tensor, CompressSettings], tuple[Sketch, object]]
 # on_layer(block_index, num_blocks, layer_name, stats) after each layer
 LayerCallback = Callable[[int, int, str, dict], None]
@@ -113,7 +113,8 @@ def _run_blocks(model, blocks_name, blocks, targets, local_ids, settings, device
                 on_layer, on_block, sketch_fn, dist) -> CompressResult:
     offload = settings.offload_activations
     if state is None:
-        inputs, block_kwargs = capture_block_inputs(model, blocks_name, local_ids, device, offload)
+        with timing.phase("forward"):
+            inputs, block_kwargs = capture_block_inputs(model, blocks_name, local_ids, device, offload)
         result, first = CompressResult({}), 0
     else:  # only the block keyword arguments are needed again: capture them from one sequence
         _, block_kwargs = capture_block_inputs(model, blocks_name, local_ids[:1], device, offload)
@@ -125,7 +126,8 @@ def _run_blocks(model, blocks_name, blocks, targets, local_ids, settings, device
         block, kwargs = blocks[index].to(device), block_kwargs[index]
         sketches, stats = compress_block(block, index, linears, inputs, kwargs, settings, device, sketch_fn, dist,
                                          lambda name, s: on_layer and on_layer(index, len(blocks), name, s))
-        inputs = run_block(block, inputs, kwargs, device)
+        with timing.phase("forward"):
+            inputs = run_block(block, inputs, kwargs, device)
         blocks[index].to("cpu")
         result.sketches.update(sketches)
         result.layers.update(stats)
@@ -154,9 +156,12 @@ def compress_block(block, index, linears, inputs, kwargs, settings, device, sket
         return {}, {}
     order = list(linears)  # model order: round-robin owners follow it
     sketches, stats = {}, {}
-    for group in sequential_groups(block, linears, inputs[0], kwargs, device):
+    with timing.phase("forward"):
+        groups = sequential_groups(block, linears, inputs[0], kwargs, device)
+    for group in groups:
         hessian = accumulate_hessian(block, {n: linears[n] for n in group}, inputs, kwargs, device)
-        hessian.all_reduce_()
+        with timing.phase("hessian"):
+            hessian.all_reduce_()
         owners = {name: dist.owner(order.index(name)) for name in group}
         built = {name: _sketch_one(linears[name], hessian, settings, sketch_fn)
                  for name in group if owners[name] == dist.rank}
@@ -179,10 +184,11 @@ def accumulate_hessian(block, group: dict[str, nn.Module], inputs, kwargs, devic
     acc = HessianAccumulator(first.in_features, device=first.weight.device)
 
     def add(_name: str, x: torch.Tensor) -> None:
-        acc.add(x)
+        with timing.phase("hessian"):
+            acc.add(x)
         raise StopForward
 
-    with pre_hooks({n: m for n, m in group.items() if m is first}, add):
+    with pre_hooks({n: m for n, m in group.items() if m is first}, add), timing.phase("forward"):
         feed_until(block, inputs, kwargs, device)
     return acc
 
@@ -196,7 +202,7 @@ def _sketch_one(linear: nn.Module, acc: HessianAccumulator, settings: CompressSe
     raw = raw.as_dict() if hasattr(raw, "as_dict") else dict(raw or {})
     stats = {"rel_error": raw.get("relative_error", raw.get("rel_error")), "damping": raw.get("damping"),
              "damping_fraction": raw.get("damping_fraction"), "dead_columns": raw.get("dead_columns"),
-             "seconds": seconds}
+             "seconds": seconds, "refit_rounds": raw.get("refit_rounds")}
     return sketch, stats
 
 
@@ -220,8 +226,9 @@ def _share(built, linear: nn.Module, settings: CompressSettings, owner: int, dis
     for t in (lut, codes, numbers):
         dist.broadcast_(t, owner)
     stats = {k: (None if v != v else v) for k, v in zip(STAT_KEYS, numbers.tolist())}  # NaN = not reported
-    if stats["dead_columns"] is not None:
-        stats["dead_columns"] = int(stats["dead_columns"])
+    for key in ("dead_columns", "refit_rounds"):
+        if stats[key] is not None:
+            stats[key] = int(stats[key])
     return Sketch(lut.to(lut_dtype), codes, settings.bits), stats
 
 

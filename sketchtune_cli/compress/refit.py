@@ -9,8 +9,9 @@ refit lowers (never raises) the quadratic objective it is handed (the sketcher p
 toward its diagonal).
 
 Cost: ``A^T H`` for a chunk of rows is one sparse-times-dense product (A has one nonzero per column and
-row), ``rows * cols^2`` multiply-adds per layer; a dense one-hot matmul would do 2^b times that. Rows
-go in chunks that bound the temporary memory.
+row), ``rows * cols^2`` adds per layer; a dense one-hot matmul would do 2^b times that (measured slower on
+CPU at 4 bits, as was a Cholesky form ``(L^T A)^T (L^T A)`` with batched products: benchmarks/
+compress_profile.md). Rows go in chunks that bound the temporary memory.
 """
 from __future__ import annotations
 
@@ -24,38 +25,61 @@ _RIDGE = 1e-6
 _CHUNK_BYTES = 256 * 2 ** 20
 
 
-def refit_luts(weights: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+def refit_luts(weights: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut: torch.Tensor,
+               Hw: torch.Tensor | None = None) -> torch.Tensor:
     """Least-squares LUT ``[rows, G, k]`` (float32) for fixed ``codes [rows, cols]`` (original column order),
     under the Hessian ``H [cols, cols]`` (positive definite: pass it damped). ``lut`` is the starting LUT,
-    kept for codes that no column uses."""
+    kept for codes that no column uses. ``Hw = weights @ H`` does not depend on the codes: a caller that
+    refits the same weights round after round passes it (:func:`weighted_rows`) instead of paying a dense
+    product per round."""
     rows, cols = weights.shape
     groups, k = lut.shape[1], lut.shape[2]
     H = H.to(weights.device, torch.float32)
+    if Hw is None:
+        Hw = weighted_rows(weights, H)
     chunk = max(1, min(rows, _CHUNK_BYTES // (4 * groups * k * cols)))
     out = torch.empty(rows, groups, k, dtype=torch.float32, device=weights.device)
     for r0 in range(0, rows, chunk):
         r1 = min(r0 + chunk, rows)
-        out[r0:r1] = _refit_rows(weights[r0:r1].float(), H, codes[r0:r1], lut[r0:r1].float())
+        out[r0:r1] = _refit_rows(Hw[r0:r1], H, codes[r0:r1], lut[r0:r1].float())
     return out
 
 
-def _refit_rows(w: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    R, cols = w.shape
+def weighted_rows(weights: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``weights @ H`` in float32 (H symmetric): the right-hand side ``A^T H w`` of every round is a
+    scatter of it into the LUT slots."""
+    return weights.float() @ H.to(weights.device, torch.float32)
+
+
+def _refit_rows(Hw: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    R, cols = Hw.shape
     slots = lut.shape[1] * lut.shape[2]  # G * k LUT values per row
-    device = w.device
     slot = _slots(codes, lut.shape[1], lut.shape[2])
-    # A^T for all R rows stacked: [R * slots, cols], row r * slots + slot[r, j] has a 1 in column j
+    AtH = (_one_hot_transposed(slot, slots) @ H).view(R, slots, cols)
+    M = torch.zeros(R, slots, slots, device=Hw.device).scatter_add_(2, slot.unsqueeze(1).expand(R, slots, cols), AtH)
+    del AtH
+    rhs = torch.zeros(R, slots, device=Hw.device).scatter_add_(1, slot, Hw)  # A^T (H w)
+    return _solve(M, rhs, lut)
+
+
+def _one_hot_transposed(slot: torch.Tensor, slots: int) -> torch.Tensor:
+    """``A^T`` for all ``R`` rows stacked, ``[R * slots, cols]`` in CSR: row ``r * slots + s`` has a 1 in each
+    column ``j`` with ``slot[r, j] == s``. Built directly (a stable sort of each row's slots gives the column
+    indices in CSR order): going through COO cost as much as the product itself (benchmarks/compress_profile.md)."""
+    R, cols = slot.shape
+    columns = torch.sort(slot, dim=1, stable=True).indices
+    counts = torch.zeros(R, slots, dtype=torch.long, device=slot.device).scatter_add_(1, slot, torch.ones_like(slot))
+    crow = torch.zeros(R * slots + 1, dtype=torch.long, device=slot.device)
+    torch.cumsum(counts.view(-1), 0, out=crow[1:])
     with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is all we use
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        At = torch.sparse_coo_tensor(
-            torch.stack([(torch.arange(R, device=device).unsqueeze(1) * slots + slot).reshape(-1),
-                         torch.arange(cols, device=device).repeat(R)]),
-            torch.ones(R * cols, device=device), (R * slots, cols), check_invariants=False,
-        ).to_sparse_csr()
-    AtH = (At @ H).view(R, slots, cols)
-    M = torch.zeros(R, slots, slots, device=device).scatter_add_(2, slot.unsqueeze(1).expand(R, slots, cols), AtH)
-    rhs = torch.einsum("rsc,rc->rs", AtH, w)  # A^T H w
-    del AtH
+        return torch.sparse_csr_tensor(crow, columns.reshape(-1), torch.ones(R * cols, device=slot.device),
+                                       (R * slots, cols), check_invariants=False)
+
+
+def _solve(M: torch.Tensor, rhs: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """``l = M^-1 rhs`` per row with the ridge toward the current ``lut``; rows whose system fails keep it."""
+    R, slots = rhs.shape
     diag = M.diagonal(dim1=1, dim2=2)
     ridge = _RIDGE * diag.mean(1, keepdim=True).clamp_min(1e-30)  # [R, 1]
     diag.add_(ridge)

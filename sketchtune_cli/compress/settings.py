@@ -25,6 +25,7 @@ class CompressSettings(Section):
     refit_shrinkage: float = Field(0.5, ge=0, le=1, description="LUT refit objective: H shrunk toward diag(H) by this weight (0 = exact H; the off-diagonal correlations of a small or off-domain calibration set overfit)")
     refit_weighting: Literal["hessian", "none"] = Field("hessian", description="LUT refit objective: the (shrunk) calibration Hessian, or 'none' = plain least squares on the weights (an ablation: no Hessian weighting in the LUT fit)")
     lut_refit_rounds: int = Field(6, ge=0, description="least-squares LUT refits after code assignment (each later round re-assigns codes first); 0 = k-means LUTs only")
+    refit_tolerance: float = Field(0.0, ge=0, description="stop the LUT refit rounds early once a round lowers the refit objective tr((W-Q) H (W-Q)^T) by less than this fraction (a round that raised it is undone); 0 = always run lut_refit_rounds. On the embedded model every layer still gained >= 0.2% in round 6 (1e-3 would stop none of the default 6 rounds) and 1e-2 saved ~0.8 of 6 rounds for +0.4% objective; a threshold also turns float noise (another world size) into a different round count, hence off by default (benchmarks/compress_profile.md)")
     targets: Optional[list[str]] = Field(None, description="module name patterns to sketch (default: all linears in decoder blocks)")
     ignore: list[str] = Field(default_factory=list, description="module name patterns to keep dense")
     lut_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"

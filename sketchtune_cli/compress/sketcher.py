@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from sketchtune_kernels import group_size, lut_dequant, pack_codes
 
 from ..sketch import Sketch
+from . import timing
 from .kmeans import weighted_kmeans_1d
-from .refit import refit_luts, refit_luts_unweighted, sort_luts
+from .refit import refit_luts, refit_luts_unweighted, sort_luts, weighted_rows
 from .settings import CompressSettings
 
 _LUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -40,6 +41,8 @@ class SketchStats:
     kmeans_iterations: int
     kmeans_converged: bool
     relative_error: float | None  # tr(dW H dW^T) / tr(W H W^T) with the undamped H; None if not computed
+    refit_rounds: int = 0  # LUT refit rounds run (fewer than lut_refit_rounds when refit_tolerance stopped them)
+    refit_objectives: list[float] = field(default_factory=list)  # before round 1, then after each round run
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,30 +64,83 @@ def sketch_layer(
     groups = s.groups_per_row
     group_size(cols, groups)
     weights = W.detach().to(torch.float32).clone()
-    prep = _prepare(weights, H, s)
-    col_weight = _column_weights(prep, s.exponent, groups)
-    lut, km = _fit_luts(weights, col_weight, s)
+    with timing.phase("prepare"):
+        prep = _prepare(weights, H, s)
+        col_weight = _column_weights(prep, s.exponent, groups)
+    with timing.phase("kmeans"):
+        lut, km = _fit_luts(weights, col_weight, s)
     lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
     lut = lut_store.float()  # assign codes against the values that will actually be stored
-    codes = _assign_codes(weights, prep, lut, s)
-    rounds = s.lut_refit_rounds if H is not None else 0
-    weighted = s.refit_weighting == "hessian"
-    refit_H = _refit_hessian(H, prep.damping, s.refit_shrinkage, weights.device) if rounds and weighted else None
-    for round_ in range(rounds):
-        if round_:  # later rounds: re-assign the codes against the refitted LUT first
-            codes = _assign_codes(weights, prep, lut, s)
-        refitted = refit_luts(weights, refit_H, codes, lut) if weighted else refit_luts_unweighted(weights, codes, lut)
-        lut, codes = sort_luts(refitted, codes.view(rows, groups, -1))
-        lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
-        lut = lut_store.float()
-    del refit_H
+    with timing.phase("codes"):
+        codes = _assign_codes(weights, prep, lut, s)
+    lut_store, codes, objectives = _refit_rounds(weights, H, prep, lut_store, codes, s)
     sketch = Sketch(lut_store, codes.view(rows, groups, -1).to(torch.uint8), s.bits)
     rel = None
     if compute_error and H is not None:
-        rel = relative_output_error(W, dequantize(sketch), H)
+        with timing.phase("error"):
+            rel = relative_output_error(W, dequantize(sketch), H)
     stats = SketchStats(prep.damping, prep.damping_fraction, prep.dead, time.perf_counter() - start,
-                        km.iterations, km.converged, rel)
+                        km.iterations, km.converged, rel, max(len(objectives) - 1, 0), objectives)
     return sketch, stats
+
+
+def _refit_rounds(weights: torch.Tensor, H: torch.Tensor | None, prep: "_Prepared", lut_store: torch.Tensor,
+                  codes: torch.Tensor, s: CompressSettings) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Up to ``lut_refit_rounds`` rounds of (re-assign codes, refit LUT). Returns the stored LUT, the codes
+    ``[rows, cols]`` and the refit objective before the first round and after each round run.
+
+    With ``refit_tolerance > 0`` the rounds stop once one lowers the objective by less than that fraction
+    (the later rounds mostly shuffle codes at the margin); a round that raised it (the code re-assignment
+    minimises GPTQ's objective on the damped, unshrunk H, not this one) is undone. With 0 every round runs
+    and the last one is kept, as before the tolerance existed. The objective is one dense product per
+    round, a small share of it, and is always recorded in the stats (the trajectory the tolerance's
+    default was chosen from)."""
+    rows, groups = weights.shape[0], s.groups_per_row
+    rounds = s.lut_refit_rounds if H is not None else 0
+    if not rounds:
+        return lut_store, codes, []
+    weighted = s.refit_weighting == "hessian"
+    with timing.phase("refit"):
+        refit_H = _refit_hessian(H, prep.damping, s.refit_shrinkage, weights.device) if weighted else None
+        Hw = weighted_rows(weights, refit_H) if weighted else None  # the same for every round
+    lut = lut_store.float()
+    with timing.phase("objective"):
+        objectives = [_objective(weights, lut, codes, refit_H)]
+    for round_ in range(rounds):
+        kept = (lut_store, codes)
+        if round_:  # later rounds: re-assign the codes against the refitted LUT first
+            with timing.phase("codes"):
+                codes = _assign_codes(weights, prep, lut, s)
+        with timing.phase("refit"):
+            refitted = refit_luts(weights, refit_H, codes, lut, Hw) if weighted else refit_luts_unweighted(weights, codes, lut)
+            lut, codes = sort_luts(refitted, codes.view(rows, groups, -1))
+            codes = codes.view(rows, -1)
+            lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
+            lut = lut_store.float()
+        with timing.phase("objective"):
+            objectives.append(_objective(weights, lut, codes, refit_H))
+        if s.refit_tolerance <= 0:
+            continue
+        gain = objectives[-2] - objectives[-1]
+        if gain < s.refit_tolerance * objectives[-2]:
+            if gain < 0:
+                lut_store, codes = kept
+            break
+    return lut_store, codes, objectives
+
+
+def _objective(weights: torch.Tensor, lut: torch.Tensor, codes: torch.Tensor, H: torch.Tensor | None,
+               chunk_rows: int = 1024) -> float:
+    """The refit's objective ``tr((W - Q) H (W - Q)^T)`` (``H = None``: identity) for ``codes [rows, cols]``.
+    One dense product: a small share of a round."""
+    rows, cols = weights.shape
+    groups = lut.shape[1]
+    total = 0.0
+    for r in range(0, rows, chunk_rows):
+        c = codes[r:r + chunk_rows].view(-1, groups, cols // groups).long()
+        dw = weights[r:r + chunk_rows] - lut[r:r + chunk_rows].gather(-1, c).view(-1, cols)
+        total += float(((dw @ H) * dw).sum()) if H is not None else float((dw * dw).sum())
+    return total
 
 
 def _refit_hessian(H: torch.Tensor, damping: float, shrinkage: float, device) -> torch.Tensor:
