@@ -26,13 +26,17 @@ def _tree_digest(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+# the `trained` run's recipe: 8 steps on 8 demo records, eval every 4 (resume tests repeat it exactly)
+TRAINED = [*FAST, "data.limit=8", "train.max_steps=8", "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4",
+           "train.eval_every=4"]
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_base, tmp_path_factory):
     """One CLI run: 8 steps on 8 demo records (memorisable, so the loss must fall), with eval."""
     out = tmp_path_factory.mktemp("ft") / "run"
     code, stdout, stderr = run_cli(
-        "finetune", "--base", str(tiny_base), "-o", str(out), *FAST, "data.limit=8", "train.max_steps=8",
-        "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4", "train.eval_every=4", "logging.plots=true",
+        "finetune", "--base", str(tiny_base), "-o", str(out), *TRAINED, "logging.plots=true",
     )
     assert code == 0, stderr
     return out, stdout, stderr
@@ -159,8 +163,7 @@ def test_resume_checks_config_and_finishes(trained, tiny_base, tmp_path):
     shutil.copytree(out / "checkpoints", partial_dir(target) / "checkpoints")
     shutil.copy(out / "metrics.jsonl", partial_dir(target) / "metrics.jsonl")
     before = _tree_digest(partial_dir(target))
-    same = ["finetune", "--base", str(tiny_base), "-o", str(target), *FAST, "data.limit=8", "train.max_steps=8",
-            "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4", "train.eval_every=4"]
+    same = ["finetune", "--base", str(tiny_base), "-o", str(target), *TRAINED]
     code, _, err = run_cli(*same)  # no --resume: refuse to touch it
     assert "--resume" in _one_line_error(code, err)
     code, _, err = run_cli(*same, "--resume", "train.lr=1e-3")
@@ -180,9 +183,7 @@ def test_resume_after_the_base_moved(trained, tiny_base, tmp_path):
     target = tmp_path / "moved" / "finetune"
     shutil.copytree(out / "checkpoints", partial_dir(target) / "checkpoints")
     shutil.copy(out / "metrics.jsonl", partial_dir(target) / "metrics.jsonl")
-    code, _, err = run_cli("finetune", "--base", str(moved_base), "-o", str(target), *FAST, "data.limit=8",
-                           "train.max_steps=8", "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4",
-                           "train.eval_every=4", "--resume")
+    code, _, err = run_cli("finetune", "--base", str(moved_base), "-o", str(target), *TRAINED, "--resume")
     assert code == 0, err
     a, b = load_file(str(out / LUT_ADAPTER)), load_file(str(target / LUT_ADAPTER))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -193,8 +194,7 @@ def two_checkpoints(tiny_base, tmp_path_factory):
     """The `trained` recipe checkpointing every 3 steps: steps 6 and 8 are kept."""
     out = tmp_path_factory.mktemp("ft2") / "run"
     code, _, stderr = run_cli(
-        "finetune", "--base", str(tiny_base), "-o", str(out), *FAST, "data.limit=8", "train.max_steps=8",
-        "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4", "train.eval_every=4", "train.save_every=3",
+        "finetune", "--base", str(tiny_base), "-o", str(out), *TRAINED, "train.save_every=3",
     )
     assert code == 0, stderr
     return out
@@ -215,8 +215,7 @@ def test_resume_falls_back_from_a_damaged_checkpoint(trained, two_checkpoints, t
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     else:
         (newest / "state.json").write_text("{not json")
-    same = ["finetune", "--base", str(tiny_base), "-o", str(target), *FAST, "data.limit=8", "train.max_steps=8",
-            "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4", "train.eval_every=4", "--resume"]
+    same = ["finetune", "--base", str(tiny_base), "-o", str(target), *TRAINED, "--resume"]
     code, _, err = run_cli(*same)
     assert code == 0, err
     flat = " ".join(err.split())  # rich wraps long log lines at the terminal width
@@ -232,9 +231,7 @@ def test_resume_with_no_readable_checkpoint_says_how_to_start_over(two_checkpoin
     for ck in (partial_dir(target) / "checkpoints").glob("step-*"):
         (ck / "rng.safetensors").write_bytes(b"\0" * 7)
     before = _tree_digest(partial_dir(target))
-    code, _, err = run_cli("finetune", "--base", str(tiny_base), "-o", str(target), *FAST, "data.limit=8",
-                           "train.max_steps=8", "train.lr=5e-2", "data.val_path=demo", "data.val_limit=4",
-                           "train.eval_every=4", "--resume")
+    code, _, err = run_cli("finetune", "--base", str(tiny_base), "-o", str(target), *TRAINED, "--resume")
     msg = _one_line_error(code, err)
     assert "no readable checkpoint" in msg and "start over" in msg
     assert _tree_digest(partial_dir(target)) == before
