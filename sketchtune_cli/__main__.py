@@ -1,4 +1,4 @@
 """`python -m sketchtune_cli` (and `accelerate launch -m sketchtune_cli ...`)."""
-from .cli import main
+from .cli import entry
 
-main()
+entry()

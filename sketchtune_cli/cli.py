@@ -96,6 +96,19 @@ def _usage_line(err) -> str:
     return f"error: {_one_line(err.format_message()).rstrip('.')}{where}"
 
 
+def entry() -> None:
+    """The process entry point (console script, ``python -m sketchtune_cli``): :func:`main`; a worker of a
+    multi-process launch then ends at once (see :mod:`sketchtune_cli.processes`: the process group is never
+    destroyed, the process's end releases it)."""
+    from .processes import end_worker
+
+    try:
+        main()
+    except SystemExit as e:
+        end_worker(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
+        raise
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the app, turning user errors into one line and exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

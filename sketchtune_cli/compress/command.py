@@ -51,7 +51,7 @@ def compress_command(
     from .. import preflight
     from ..stages import Job
     from ..errors import UserError
-    from .distributed import env_rank
+    from ..processes import launch_rank
     from .interface import STAGE
     from .stage import default_output, run_compress
 
@@ -69,7 +69,7 @@ def compress_command(
     output = output or default_output(cfg.model.name, c.bits, c.groups_per_row)
     preflight.require([(STAGE, Job(Path(output), overwrite=overwrite, resume=resume))], cfg)
     out = run_compress(cfg, output, resume=resume, overwrite=overwrite, plot=plot)
-    if env_rank() == 0:  # one path on stdout even with several processes
+    if launch_rank() == 0:  # one path on stdout even with several processes
         typer.echo(str(out))
 
 

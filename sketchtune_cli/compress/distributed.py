@@ -7,14 +7,12 @@ sketched weights. Only rank 0 writes the artifact.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-
-_owned: list[bool] = []  # set when this module initialised the process group
+from .. import processes
 
 
 @dataclass(frozen=True)
@@ -66,33 +64,12 @@ def current() -> DistContext:
 
 
 def init_from_env() -> DistContext:
-    """Join the process group a launcher (torchrun, accelerate launch) describes in the environment:
-    NCCL when CUDA is available, gloo otherwise. Single process when WORLD_SIZE is unset or 1."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """Join the process group a launcher (torchrun, accelerate launch) describes, through the one
+    multi-process layer (:mod:`sketchtune_cli.processes`). Single process without a launcher."""
+    if processes.launch_world_size() <= 1:
         return current()
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank())
-        dist.init_process_group(backend)
-        _owned.append(True)
-    return current()
-
-
-def shutdown() -> None:
-    """Leave the process group if ``init_from_env`` created it (a launcher's own group is left alone)."""
-    if _owned and dist.is_initialized():
-        dist.destroy_process_group()
-        _owned.clear()
-
-
-def env_rank() -> int:
-    """The global rank a launcher gave this process (0 without a launcher)."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    state = processes.state()
+    return DistContext(state.process_index, state.num_processes)
 
 
 def _collective_device() -> torch.device:

@@ -23,6 +23,7 @@ from sketchtune_kernels import group_size
 
 from .. import preemption
 from ..errors import UserError
+from ..processes import launch_local_rank
 from ..sketch import Sketch, decoder_layers, find_target_linears
 from . import distributed, timing
 from .blocks import StopForward, capture_block_inputs, feed_until, pre_hooks, run_block, sequential_groups
@@ -255,4 +256,4 @@ def resolve_device(name: str, dist: DistContext | None = None) -> torch.device:
         if name == "cuda":
             raise UserError("--device cuda was asked but CUDA is not available; use --device cpu or auto")
         return torch.device("cpu")
-    return torch.device("cuda", distributed.local_rank() if (dist or distributed.current()).enabled else torch.cuda.current_device())
+    return torch.device("cuda", launch_local_rank() if (dist or distributed.current()).enabled else torch.cuda.current_device())

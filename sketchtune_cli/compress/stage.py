@@ -94,7 +94,6 @@ def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bo
                                   resumed_blocks=result.resumed_blocks)
             print_summary(summary, wall)
     dist.barrier()
-    distributed.shutdown()
     return out
 
 

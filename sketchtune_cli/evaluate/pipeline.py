@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import processes
 from ..artifacts import Manifest, check_output, write_artifact
 from ..config import RunConfig
 from . import registry, report, runner, taskgen
@@ -73,7 +74,7 @@ def run_eval(specs: list[str | Manifest], cfg: RunConfig, out: Path, overwrite: 
              base: str | Manifest | None = None) -> EvalOutcome:
     sel = registry.select(cfg.eval.tasks, have_data_dir=data_dir_of(cfg) is not None)
     data_dir = registry.resolve_data_dir(sel.paper, data_dir_of(cfg))  # fetches verified files if none given
-    main = runner.distributed_state().is_main_process
+    main = processes.state().is_main_process
     if main:
         check_output(out, overwrite)
     with tempfile.TemporaryDirectory(prefix="sketchtune-tasks-") as tmp:

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from .. import processes
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -28,28 +29,18 @@ class RunOptions:
     log_samples: bool = False
 
 
-def distributed_state():
-    """accelerate's process state (one process unless started with ``accelerate launch``/torchrun)."""
-    import torch
-    from accelerate import PartialState
-
-    # cpu=True: without it accelerate ignores a CPU-only torchrun group (gloo) and every process would
-    # evaluate everything.
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 def eval_device() -> str:
     """This process's device: its own GPU under data parallelism, else cuda:0 or the CPU."""
     import torch
 
     if torch.cuda.is_available():
-        return str(distributed_state().device)
+        return str(processes.state().device)
     return "cpu"
 
 
 def attach_data_parallel(lm) -> None:
     """Make an HFLM built from a model object take part in data parallelism when several processes run."""
-    state = distributed_state()
+    state = processes.state()
     if state.num_processes <= 1:
         return
     import torch

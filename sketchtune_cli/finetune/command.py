@@ -46,10 +46,9 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in OUT.partial from its last checkpoint"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing artifact at OUT"),
     ) -> None:
-        from accelerate.state import PartialState
-
         from .. import preflight
         from ..config import load_config
+        from ..processes import launch_rank
         from ..stages import Job
         from .interface import STAGE
         from .stage import default_output, run_finetune
@@ -58,5 +57,5 @@ def register(app: typer.Typer) -> None:
         out = Path(output) if output else default_output(cfg)
         preflight.require([(STAGE, Job(out, overwrite=overwrite, resume=resume))], cfg)
         path = run_finetune(cfg, out, resume=resume, overwrite=overwrite)
-        if PartialState().is_main_process:
+        if launch_rank() == 0:  # one path on stdout even with several processes
             print(path)

@@ -1,10 +1,10 @@
 """The finetune stage behind ``stages.Stage``: base sketch + data -> fine-tune artifact (LUTs only)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .. import preflight
+from ..processes import launch_world_size
 from ..stages import Stage
 from .settings import RESULT_FREE, SECTIONS
 from .data import data_problems, held_out_count
@@ -16,10 +16,6 @@ ARTIFACT_BYTES_PER_PARAM = 4 + 3 * 4 * 2
 def base_path(cfg, job) -> str:
     """The sketch to fine-tune: the job's input, --base / train.base, else ``output_dir/compress``."""
     return job.inputs[0] if job.inputs else cfg.train.base or str(Path(cfg.output_dir) / "compress")
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def checked_data(data) -> tuple[int | None, list[str]]:
@@ -39,7 +35,7 @@ def check(cfg, job) -> list[str]:
         else:
             problems += preflight.artifact_problems(base, "sketch")
     problems += checked_data(cfg.data)[1]
-    problems += batch_problems(cfg.train, world_size())
+    problems += batch_problems(cfg.train, launch_world_size())
     problems += preflight.problem_of(resolve_mixed_precision, cfg.train.mixed_precision, preflight.cuda_available())
     return problems
 

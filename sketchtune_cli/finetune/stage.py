@@ -103,12 +103,11 @@ def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, ov
                 if trainer.fsdp:  # the main process gathers the final sharded LUTs: a collective
                     trainer.lut_tensors()
         accelerator.wait_for_everyone()
-    except preemption.Interrupted:
-        accelerator.end_training()  # flush the trackers' files; the checkpoint is written
-        raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-    accelerator.end_training()  # also ends the process group under `accelerate launch`
+        # flush the trackers' files (interrupted or not); the process group stays (see processes.py)
+        for tracker in accelerator.trackers:
+            tracker.finish()
     return out
 
 
