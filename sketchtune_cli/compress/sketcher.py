@@ -48,11 +48,6 @@ class SketchStats:
         return asdict(self)
 
 
-def no_calibration_settings(settings: CompressSettings) -> CompressSettings:
-    """The data-free variant: unweighted k-means, no error feedback (pass ``H=None`` to ``sketch_layer``)."""
-    return settings.model_copy(update={"exponent": 0.0, "error_compensation": False, "act_order": False})
-
-
 def sketch_layer(
     W: torch.Tensor, H: torch.Tensor | None, settings: CompressSettings | None = None, *, compute_error: bool = True
 ) -> tuple[Sketch, SketchStats]:
