@@ -49,16 +49,16 @@ def estimate_sketch(model, name: str, bits: int, groups_per_row: int, targets=No
         code_bytes += rows * groups_per_row * packed_len(cols // groups_per_row, bits)
         weights += rows * cols
         sketched_param_ids.add(id(lin.weight))
-    seen, dense_params, all_params = set(), 0, 0
+    seen, unsketched_params, all_params = set(), 0, 0
     for p in model.parameters():  # parameters() already skips tied duplicates
         if id(p) in seen:
             continue
         seen.add(id(p))
         all_params += p.numel()
         if id(p) not in sketched_param_ids:
-            dense_params += p.numel()
+            unsketched_params += p.numel()
     lut_bytes = trainable * BF16_BYTES
-    dense_bytes = dense_params * BF16_BYTES
+    dense_bytes = unsketched_params * BF16_BYTES
     return SketchEstimate(
         model=name, bits=bits, groups_per_row=groups_per_row, sketched_layers=len(layers),
         sketched_weights=weights, trainable_params=trainable, code_bytes=code_bytes, lut_bytes=lut_bytes,

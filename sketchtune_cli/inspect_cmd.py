@@ -26,7 +26,7 @@ def _tensor_sizes(root: Path) -> dict:
     """Parameter counts and bytes read from safetensors headers (no tensor data loaded)."""
     from safetensors import safe_open
 
-    out = {"lut_params": 0, "lut_bytes": 0, "code_bytes": 0, "dense_params": 0, "dense_bytes": 0, "layers": 0}
+    out = {"lut_params": 0, "lut_bytes": 0, "code_bytes": 0, "unsketched_params": 0, "dense_bytes": 0, "layers": 0}
     for f in sorted(root.glob("*.safetensors")):
         try:
             st_ctx = safe_open(f, framework="pt")
@@ -47,7 +47,7 @@ def _tensor_sizes(root: Path) -> dict:
                 elif key.endswith(".codes"):
                     out["code_bytes"] += nbytes
                 else:
-                    out["dense_params"] += numel
+                    out["unsketched_params"] += numel
                     out["dense_bytes"] += nbytes
     return out
 
@@ -98,7 +98,7 @@ def _sketch_info(manifest: Manifest) -> dict:
                 "groups_per_row": qcfg["groups_per_row"],
                 "sketched_layers": sizes["layers"],
                 "trainable_params": sizes["lut_params"],
-                "dense_params": sizes["dense_params"],
+                "unsketched_params": sizes["unsketched_params"],
                 "base_model_bytes": sizes["lut_bytes"] + sizes["code_bytes"] + sizes["dense_bytes"],
                 "bits_per_weight": round((sizes["code_bytes"] + sizes["lut_bytes"]) * 8 / max(weights, 1), 4),
             }

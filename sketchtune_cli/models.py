@@ -171,6 +171,9 @@ def pretrained_location(spec: str) -> tuple[str, dict]:
 
 
 def torch_dtype(name: str | torch.dtype, device: str = "cpu") -> torch.dtype:
+    """The one name -> dtype table. Config sections spell dtypes two ways on purpose: ``model.dtype`` and
+    ``compress.*dtype`` use torch's names (``bfloat16``), ``export.dtype`` and ``train.mixed_precision`` the
+    short names accelerate and GGUF tools use (``bf16``); both resolve here."""
     if isinstance(name, torch.dtype):
         return name
     if name == "auto":

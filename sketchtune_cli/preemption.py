@@ -102,11 +102,6 @@ def add_progress_hook(hook: ProgressHook) -> None:
     _hooks.append(hook)
 
 
-def remove_progress_hook(hook: ProgressHook) -> None:
-    if hook in _hooks:
-        _hooks.remove(hook)
-
-
 def notify_progress(stage: str, done: int) -> None:
     """Called by the stages after each block/step, before they look at the stop request."""
     for hook in list(_hooks):

@@ -10,7 +10,7 @@ import typer
 
 from .config import RunConfig, dump_yaml, load_config
 from .errors import PreflightError, UserError
-from .run import STAGES, preflight_pipeline, run_pipeline, select_stages, summary_rows
+from .orchestrator import STAGES, preflight_stages, run_stages, select_stages, summary_rows
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def dry_run_report(cfg: RunConfig, stages: list[str] | None = None, overwrite: b
     from . import stages as stage_api
 
     names = list(stages or STAGES)
-    steps, plans, problems = preflight_pipeline(cfg, names, overwrite)
+    steps, plans, problems = preflight_stages(cfg, names, overwrite)
     for name in STAGES:
         if name in plans:
             continue
@@ -129,7 +129,7 @@ def run_command(
         if problems:
             raise PreflightError(problems)
         return
-    reports = run_pipeline(cfg, stages, overwrite=overwrite,
+    reports = run_stages(cfg, stages, overwrite=overwrite,
                            on_stage=lambda s: log.info("== stage %s ==", s))
     _print_summary(summary_rows(reports))
     if as_json:

@@ -22,13 +22,13 @@ import torch
 
 from sketchtune_kernels import group_size, lut_dequant, pack_codes
 
+from ..models import torch_dtype
 from ..sketch import Sketch
 from . import timing
 from .kmeans import weighted_kmeans_1d
 from .refit import refit_luts, refit_luts_unweighted, sort_luts, weighted_rows
 from .settings import CompressSettings
 
-_LUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _MAX_DAMPING_TRIES = 10
 
 
@@ -48,11 +48,6 @@ class SketchStats:
         return asdict(self)
 
 
-def no_calibration_settings(settings: CompressSettings) -> CompressSettings:
-    """The data-free variant: unweighted k-means, no error feedback (pass ``H=None`` to ``sketch_layer``)."""
-    return settings.model_copy(update={"exponent": 0.0, "error_compensation": False, "act_order": False})
-
-
 def sketch_layer(
     W: torch.Tensor, H: torch.Tensor | None, settings: CompressSettings | None = None, *, compute_error: bool = True
 ) -> tuple[Sketch, SketchStats]:
@@ -69,7 +64,7 @@ def sketch_layer(
         col_weight = _column_weights(prep, s.exponent, groups)
     with timing.phase("kmeans"):
         lut, km = _fit_luts(weights, col_weight, s)
-    lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
+    lut_store = lut.to(torch_dtype(s.lut_dtype))
     lut = lut_store.float()  # assign codes against the values that will actually be stored
     with timing.phase("codes"):
         codes = _assign_codes(weights, prep, lut, s)
@@ -115,7 +110,7 @@ def _refit_rounds(weights: torch.Tensor, H: torch.Tensor | None, prep: "_Prepare
             refitted = refit_luts(weights, refit_H, codes, lut, Hw) if weighted else refit_luts_unweighted(weights, codes, lut)
             lut, codes = sort_luts(refitted, codes.view(rows, groups, -1))
             codes = codes.view(rows, -1)
-            lut_store = lut.to(_LUT_DTYPES[s.lut_dtype])
+            lut_store = lut.to(torch_dtype(s.lut_dtype))
             lut = lut_store.float()
         with timing.phase("objective"):
             objectives.append(_objective(weights, lut, codes, refit_H))

@@ -86,7 +86,7 @@ def eval_command(
 ):
     from . import report
     from .interface import STAGE
-    from .pipeline import run_eval
+    from .stage import run_eval
     from .. import preflight
     from ..errors import UserError
     from ..stages import Job

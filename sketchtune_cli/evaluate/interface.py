@@ -10,7 +10,7 @@ from .registry import task_problems
 
 
 def check(cfg, job) -> list[str]:
-    from .pipeline import data_dir_of
+    from .stage import data_dir_of
 
     problems = task_problems(cfg.eval.tasks, data_dir_of(cfg)) if cfg.eval.tasks else []
     if not job.pending:
@@ -25,7 +25,7 @@ def plan(cfg, job) -> dict:
 
 
 def run(cfg, job, parent):
-    from .pipeline import run_eval
+    from .stage import run_eval
 
     return run_eval([parent], cfg, job.out, overwrite=job.overwrite, base=job.base_hint()).path
 

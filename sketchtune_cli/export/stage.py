@@ -10,13 +10,13 @@ import torch
 
 from ..artifacts import Manifest, check_output, is_artifact, lineage, read_manifest, write_artifact
 from ..errors import UserError
+from ..models import torch_dtype
 from ..loading import Artifact, artifact, finetune_base, load_with_luts, lut_file_of
 from ..sketch import read_sketch_config
 from . import formats, model_card
 from .settings import ExportSettings
 
 log = logging.getLogger(__name__)
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def export_artifact(source: Artifact, out: str | Path, settings: ExportSettings, overwrite: bool = False,
@@ -36,7 +36,7 @@ def export_artifact(source: Artifact, out: str | Path, settings: ExportSettings,
     _, base_qcfg = read_sketch_config(base.path)
     results = _results(settings, model, manifest, base, base_qcfg)
     config = config or {"export": settings.model_dump(mode="json")}
-    dtype = DTYPES[settings.dtype]
+    dtype = torch_dtype(settings.dtype)
     log.info("exporting %s as %s (%s) to %s", manifest.path, settings.format, settings.dtype, out)
     with write_artifact(out, "export", config, parent=manifest, overwrite=overwrite) as writer:
         if settings.format == "hf-dense":

@@ -233,12 +233,6 @@ def _read_files(ck: Path) -> tuple[dict, dict, dict, dict]:
             load_file(str(ck / "rng.safetensors")))
 
 
-def load_checkpoint(ck: Path, params: dict[str, torch.nn.Parameter], optimizer, scheduler) -> dict:
-    """Restore LUTs, optimizer, scheduler and RNG from ``ck``; returns its state.json. ``params`` may be
-    FSDP-sharded DTensors: each process then keeps its shard of the full tensors in the files."""
-    return _apply(ck, _read_files(ck), params, optimizer, scheduler)
-
-
 def _apply(ck: Path, files: tuple[dict, dict, dict, dict], params, optimizer, scheduler) -> dict:
     state, luts, opt_tensors, rng = files
     if set(luts) != set(params):

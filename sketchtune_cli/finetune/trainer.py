@@ -52,6 +52,9 @@ def make_accelerator(train, project_dir: Path, trackers: list | None = None):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    # Private, but the only way: Accelerator() reuses the process-wide AcceleratorState of an earlier run
+    # (mixed precision, plugins) and refuses different settings; tests and `sketchtune run` train several
+    # times in one process. reset_partial_state=False keeps processes.state()'s process group joined.
     AcceleratorState._reset_state(reset_partial_state=False)
     check_fsdp_version()  # before Accelerator(): its FSDP1 plugin fails on a CPU-only machine with a cryptic error
     # Accelerate sets up CPU multi-process (gloo, e.g. under torchrun) only when told cpu=True.

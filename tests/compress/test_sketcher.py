@@ -5,7 +5,7 @@ import torch
 
 from sketchtune_cli.compress.settings import CompressSettings
 from sketchtune_cli.compress.sketcher import (
-    dequantize, nearest_codes, no_calibration_settings, relative_output_error, sketch_layer,
+    dequantize, nearest_codes, relative_output_error, sketch_layer,
 )
 
 
@@ -193,7 +193,8 @@ def test_hessian_weighting_protects_sensitive_columns():
 
 def test_no_calibration_path():
     W, _, _ = _layer()
-    s = no_calibration_settings(_settings())
+    # the data-free variant: unweighted k-means, no error feedback
+    s = _settings().model_copy(update={"exponent": 0.0, "error_compensation": False, "act_order": False})
     sk, st = sketch_layer(W, None, s)
     assert st.relative_error is None and st.damping == 0 and st.dead_columns == 0
     # same as an identity Hessian, where weights are uniform and U is diagonal (nothing to compensate)

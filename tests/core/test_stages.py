@@ -35,7 +35,7 @@ def test_result_free_keys_do_not_change_the_fingerprint(name):
 
 def test_compress_resume_and_run_share_one_fingerprint():
     from sketchtune_cli.compress.stage import resume_hash
-    from sketchtune_cli.run import stage_fingerprint
+    from sketchtune_cli.orchestrator import stage_fingerprint
 
     cfg = RunConfig()
     recorded = cfg.section_dict("model", "compress")  # what a sketch manifest holds

@@ -17,7 +17,7 @@ from sketchtune_cli.compress.settings import CompressSettings
 from sketchtune_cli.errors import UserError
 from sketchtune_cli.config import RunConfig
 from sketchtune_cli.evaluate import registry
-from sketchtune_cli.evaluate.pipeline import data_dir_of
+from sketchtune_cli.evaluate.stage import data_dir_of
 from sketchtune_cli.finetune import data as data_mod
 from sketchtune_cli.finetune.data import (
     IGNORE, build_datasets, data_problems, load_source, parse_hub_name, read_records, tokenize_chat,

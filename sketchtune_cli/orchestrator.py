@@ -101,7 +101,7 @@ class Step:
     existing: Manifest | None = None
 
 
-def plan_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False) -> tuple[list[Step], list[str]]:
+def plan_stages(cfg: RunConfig, names: list[str], overwrite: bool = False) -> tuple[list[Step], list[str]]:
     """Which stages run, resume or are skipped (up to date), from manifests alone (no checksums); problems:
     a missing parent artifact, or an artifact made with another config without --overwrite."""
     steps: list[Step] = []
@@ -162,17 +162,17 @@ def _checked_config(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def preflight_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False) -> tuple[list[Step], dict, list[str]]:
+def preflight_stages(cfg: RunConfig, names: list[str], overwrite: bool = False) -> tuple[list[Step], dict, list[str]]:
     """(steps, plans of the stages that will run, every problem): what `run` and `run --dry-run` check
     before any stage starts."""
-    steps, problems = plan_pipeline(with_demo_eval_dir(cfg), names, overwrite)
+    steps, problems = plan_stages(with_demo_eval_dir(cfg), names, overwrite)
     to_run = [s for s in steps if s.action != "skip"]
     made_here = {s.stage for s in to_run}
     checks = []
     for step in to_run:
         parent = stages.get(step.stage).parent
         inputs = (str(stage_dir(cfg, parent)),) if parent else ()
-        # an input made earlier in this run, or missing (plan_pipeline said so), is not checked again
+        # an input made earlier in this run, or missing (plan_stages said so), is not checked again
         pending = parent in made_here or bool(parent and not is_artifact(inputs[0]))
         checks.append((stages.get(step.stage), stages.Job(step.out, overwrite=overwrite, resume=step.action == "resume",
                                                           inputs=inputs, pending=pending, check_output=False)))
@@ -180,9 +180,9 @@ def preflight_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False
     return steps, dict(zip((s.stage for s in to_run), plans)), preflight.unique(problems + found)
 
 
-def run_pipeline(cfg: RunConfig, names: list[str], overwrite: bool = False,
+def run_stages(cfg: RunConfig, names: list[str], overwrite: bool = False,
                  on_stage: Callable[[str], None] | None = None) -> list[StageReport]:
-    _, _, problems = preflight_pipeline(cfg, names, overwrite)
+    _, _, problems = preflight_stages(cfg, names, overwrite)
     if problems:
         raise PreflightError(problems)
     cfg = prepare_demo_eval_data(cfg)
