@@ -268,6 +268,16 @@ def build(method: Method, bases: dict):
     return model, tok, ([p for p in model.parameters()] if method.adapter == "full" else []), None
 
 
+def cache_dense(model) -> None:
+    """Sketch layers keep their reconstructed weight between no-grad forwards (validation, eval), as
+    ``sketchtune eval`` does; turned on only after the peak RSS of load + training has been read."""
+    from sketchtune_cli.sketch import SketchedLinear
+
+    for m in model.modules():
+        if isinstance(m, SketchedLinear):
+            m.cache_dense_on_cpu = True
+
+
 def test_specs(s: Settings) -> list[tuple[str, int | None]]:
     """(task, limit) for the generation and log-likelihood variants; None = the full set."""
     lim = lambda t: None if s.test_limit <= 0 or s.test_limit >= TEST_SIZES[t] else s.test_limit  # noqa: E731
@@ -301,9 +311,6 @@ def run_cell(cell: str, s: Settings, bases: dict, lr: float | None, lr_sweep: di
     records = mixed_records(s.data_dir)
     train_recs, val_recs = split(records, s.val_n, steps * s.batch if kind != "floor" else 0, seed)
     val, _ = tokenize_records(val_recs, tok, "alpaca", s.seq_len)
-    t0 = time.perf_counter()
-    out["val_loss_before" if kind != "floor" else "val_loss"] = round(bf.mean_token_loss(model, val, pad, s.micro), 4)
-    out["val_s"] = round(time.perf_counter() - t0, 1)
     if kind != "floor":
         train, _ = tokenize_records(train_recs, tok, "alpaca", s.seq_len)
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=False)
@@ -316,12 +323,64 @@ def run_cell(cell: str, s: Settings, bases: dict, lr: float | None, lr_sweep: di
             "step_time_s": round(sum(times[steady]) / len(times[steady]), 4),
             "tokens_per_s": round(sum(tokens[steady]) / sum(times[steady]), 1), "tokens": sum(tokens),
             "train_loss": [round(x, 4) for x in losses],
-            "val_loss_after": round(bf.mean_token_loss(model, val, pad, s.micro), 4),
         })
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # before any eval
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # load + training only
+    cache_dense(model)
+    t0 = time.perf_counter()
+    out["val_loss" if kind == "floor" else "val_loss_after"] = round(bf.mean_token_loss(model, val, pad, s.micro), 4)
+    out["val_s"] = round(time.perf_counter() - t0, 1)
     if kind != "sweep":
         ns = argparse.Namespace(method=cell, eval_data_dir=s.data_dir, max_new_tokens=s.max_new_tokens, eval_batch=s.eval_batch)
         out["accuracy"], out["eval_s"] = bf.accuracy(model, tok, ns, test_specs(s))
+    return out
+
+
+def measure_cell(name: str, s: Settings, bases: dict, steps: int, limits: tuple[int, int]) -> dict:
+    """Per-unit costs of one method at the settings (wall and CPU seconds): model load, ``steps`` training steps,
+    the validation loss over val_n records, and each test task at two limits (overhead vs per example)."""
+    import torch
+    from transformers import get_scheduler
+
+    from sketchtune_cli.finetune.data import tokenize_records
+
+    def clock():
+        return time.perf_counter(), time.process_time()
+
+    def since(t):
+        return round(time.perf_counter() - t[0], 2), round(time.process_time() - t[1], 2)
+
+    method = METHODS[name]
+    torch.manual_seed(0)
+    torch.set_num_threads(s.threads)
+    t = clock()
+    model, tok, params, _ = build(method, bases)
+    out = {"method": name, "threads": s.threads, "load": since(t)}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    train_recs, val_recs = split(mixed_records(s.data_dir), s.val_n, (steps + 1) * s.batch, 0)
+    val, _ = tokenize_records(val_recs, tok, "alpaca", s.seq_len)
+    if params:
+        train, _ = tokenize_records(train_recs, tok, "alpaca", s.seq_len)
+        opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, foreach=False)
+        sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=steps + 1)
+        ns = argparse.Namespace(steps=1, batch=s.batch, micro=s.micro, method=name)
+        bf.train_steps(model, params, opt, sched, train, pad, ns)  # the first step pays one-time costs
+        ns.steps = steps
+        t = clock()
+        _, tokens, _ = bf.train_steps(model, params, opt, sched, train[s.batch:], pad, ns)
+        wall, cpu = since(t)
+        out["step"] = (round(wall / steps, 2), round(cpu / steps, 2))
+        out["tokens_per_step"] = sum(tokens) / steps
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    cache_dense(model)
+    t = clock()
+    bf.mean_token_loss(model, val, pad, s.micro)
+    out["val"] = since(t)
+    if limits[1]:
+        ns = argparse.Namespace(method=name, eval_data_dir=s.data_dir, max_new_tokens=s.max_new_tokens, eval_batch=s.eval_batch)
+        for lim in limits:
+            t0 = time.process_time()
+            _, secs = bf.accuracy(model, tok, ns, [(t, lim) for t, _ in test_specs(s)])
+            out[f"eval_wall_{lim}"], out[f"eval_cpu_{lim}"] = secs, round(time.process_time() - t0, 1)
     return out
 
 
@@ -533,11 +592,15 @@ def main() -> None:
     p.add_argument("--plan", action="store_true", help="print the predicted seconds per cell and in all")
     p.add_argument("--conclusion", help="the sentence on what the grid shows (kept in the report)")
     p.add_argument("--smoke", action="store_true", help="tiny grid into a temp dir (RTN bases, 3 steps, 3 test examples)")
+    p.add_argument("--measure", help="methods whose per-unit costs to time (3 steps; floors dense/sketch-g4: eval at 2 and 10)")
     p.add_argument("--worker"), p.add_argument("--job")
     a = p.parse_args()
     if a.worker:
         job = json.loads(Path(a.job).read_text())
-        res = run_cell(a.worker, Settings(**job["settings"]), job["bases"], job["lr"], job["lr_sweep"])
+        if "measure" in job:
+            res = measure_cell(a.worker, Settings(**job["settings"]), job["bases"], *job["measure"])
+        else:
+            res = run_cell(a.worker, Settings(**job["settings"]), job["bases"], job["lr"], job["lr_sweep"])
         Path(job["result"]).write_text(json.dumps(res))
         return
     if a.smoke:
@@ -555,6 +618,19 @@ def main() -> None:
         for c in grid:
             print(f"{c:32s} {'done' if done(out, c, s) else '-':5s} ~{plan['cells'][c]} s")
         print(f"predicted: {plan['total_s']} s in all ({plan['bases_s']} s sketch bases, {plan['eval_per_cell_s']} s eval per scored cell)")
+        return
+    if a.measure:
+        tmp = Path(tempfile.mkdtemp(prefix="bench-adapt-measure-"))
+        bases, runs = sketch_bases(s, tmp), []
+        for name in a.measure.split(","):
+            job = tmp / f"{name}.job.json"
+            eval_limits = (2, 10) if name in ("floor-dense", "floor-sketch-g4") else (0, 0)
+            job.write_text(json.dumps({"settings": asdict(s), "bases": bases, "measure": [3, eval_limits],
+                                       "result": str(tmp / f"{name}.json")}))
+            subprocess.run([sys.executable, __file__, "--worker", name, "--job", str(job)], check=True,
+                           env=dict(os.environ, OMP_NUM_THREADS=str(s.threads)))
+            runs.append(json.loads((tmp / f"{name}.json").read_text()))
+            print(json.dumps(runs[-1]), flush=True)
         return
     if a.report_only:
         print(markdown(write_report(out, s, a.conclusion)))
