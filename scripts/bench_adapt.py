@@ -43,7 +43,27 @@ after each cell, or alone with ``--report-only``.
 Sizing (measured on this 2-core machine, alone, 2 threads; SIZING below holds the per-unit costs and
 ``--plan`` prints the prediction for any settings):
 
-SIZING_TEXT
+- Unit costs, alone, 2 threads. A step (batch 8 of this mix: ~685 real / ~1000 padded tokens) costs as much as
+  one of bench_finetune's steps (batch 4 x Math10K, ~640 real tokens): 7.0 s sketch-g4, 6.8 sketch-g1, 5.7
+  LoRA, 6.1 QLoRA at 1 thread (benchmarks/finetune.json), / 1.7 for 2 threads -> SIZING["step"]: sketch 4.1/4.0,
+  LoRA 3.4, QLoRA (bnb NF4 dequantizes every forward) 3.8, full 5.0 (weight gradients of every layer + AdamW
+  over 135M values). Eval: ~0.3 s per generated answer (32 tokens, batch 16) and ~0.2 s per log-likelihood
+  example, plus ~3 s per task (lm-eval task set-up); validation 0.16 s per record; a cell's process start,
+  imports and model load 12-15 s; the two calibrated bases 177 + 126 s (215 + 300 s at 1 thread).
+  On 2026-12-03 the machine was shared (load average 8-11 on 2 cores) and every wall and CPU time measured
+  with ``--measure`` and the smoke grid was 5-20x these (e.g. a sketch step 80 s wall, 35 s CPU): those runs
+  checked the code, not the speed. The driver prints an ETA rescaled by measured/predicted of the cells done,
+  so the first cells show whether the grid fits; re-time with ``--measure sketch-g4,lora-g4,qlora-g4,full``.
+- Grid: 31 cells = 4 floors + 18 sweep cells (6 methods x 3 LRs) + 9 train cells (sketch-g4, lora-g4, qlora-g4
+  x 2 seeds; sketch-g1, lora-g1, full x 1); 13 scored cells (floors + trains).
+- Total = bases 303 + 31 x (load ~13 + 64 val records x 0.16 = 10) + 13 x eval (10 tasks x 3 s + 5 x 50 x
+  (0.3 + 0.2) = 155) + 80 steps x (2 x 4.1 + 2 x 3.4 + 2 x 3.8 + 4.0 + 3.4 + 5.0 = 35.0 s) + 20 sweep steps x
+  3 x (4.1 + 4.0 + 3.4 + 3.4 + 3.8 + 5.0 = 23.7 s) = 303 + ~730 + 2015 + 2800 + 1422 ~= 7270 s (``--plan``).
+- So the defaults: 80 steps x batch 8 (640 records, ~55k tokens per trained cell), seq len 256 (no record is
+  longer: max 222), warmup 10, sweeps of 20 steps, validation 64 records, the first 50 test examples of each
+  of the 5 tasks in each variant (500 scored answers per cell; 1 example = 2 points on a task, 0.4 on an
+  average). 25 examples per task: ~6460 s; 100: ~8890 s; the full sets (9156 examples per variant): ~65000 s
+  (18 h) — not within this budget.
 """
 from __future__ import annotations
 
@@ -96,21 +116,30 @@ FLOOR_OF = {"sketch-g4": "floor-sketch-g4", "sketch-g1": "floor-sketch-g1", "lor
 MAIN = ["sketch-g4", "lora-g4", "qlora-g4"]
 
 # Measured per-unit costs (seconds; 2 threads, alone) that --plan and the ETA use; see the docstring.
-SIZING = {"load": {}, "step": {}, "eval_per_example": {}, "val_per_record": 0.0, "base_build": {}}
+# Step: one optimizer step of batch 8 (~685 real, ~1000 padded tokens of the mix); eval: one test example of one
+# variant; load: a cell's process start, imports, model load and data read; val: one validation record.
+SIZING = {
+    "load": {"dense": 12.0, "sketch": 14.0, "nf4": 15.0},
+    "step": {"sketch-g4": 4.1, "sketch-g1": 4.0, "lora-g4": 3.4, "lora-g1": 3.4, "qlora-g4": 3.8, "full": 5.0},
+    "eval_per_example": {**{t: 0.3 for t in TEST_TASKS}, **{t + "_ll": 0.2 for t in TEST_TASKS}},
+    "eval_per_task": 3.0,
+    "val_per_record": 0.16,
+    "base_build": {"g4": 177.0, "g1": 126.0},
+}
 
 
 # ---- settings and cells --------------------------------------------------------------------------------
 
 @dataclass
 class Settings:
-    steps: int = 150
-    sweep_steps: int = 50
+    steps: int = 80
+    sweep_steps: int = 20
     batch: int = 8
     micro: int = 8
     seq_len: int = 256
     warmup: int = 10
-    val_n: int = 128
-    test_limit: int = 100
+    val_n: int = 64
+    test_limit: int = 50
     max_new_tokens: int = 32
     eval_batch: int = 16
     seeds: int = 2
@@ -549,13 +578,14 @@ def write_report(out: Path, s: Settings, conclusion: str | None = None) -> dict:
 def predict(s: Settings) -> dict:
     """Predicted seconds per cell kind and in all, from SIZING (measured per-unit costs)."""
     z = SIZING
-    ev = sum(z["eval_per_example"].get(t, 0) * (n or TEST_SIZES[t.removesuffix("_ll")]) for t, n in test_specs(s))
+    ev = sum(z["eval_per_task"] + z["eval_per_example"].get(t, 0) * (n or TEST_SIZES[t.removesuffix("_ll")])
+             for t, n in test_specs(s))
     val = z["val_per_record"] * s.val_n
     total, per = 0.0, {}
     for c in cells(s):
         m, kind, _, _ = parse_cell(c)
         steps = {"floor": 0, "sweep": s.sweep_steps, "train": s.steps}[kind]
-        sec = z["load"].get(m.base, 0) + val * (1 if kind == "floor" else 2) + steps * z["step"].get(m.name, 0) * s.batch / 8
+        sec = z["load"].get(m.base, 0) + val + steps * z["step"].get(m.name, 0) * s.batch / 8
         sec += ev if kind != "sweep" else 0
         per[c] = round(sec)
         total += sec
@@ -644,22 +674,24 @@ def main() -> None:
         raise SystemExit(f"not cells of this grid: {unknown} (see --list)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-adapt-"))
     bases = sketch_bases(s, tmp) if todo else {}
-    plan, t_start, spent = predict(s), time.perf_counter(), 0.0
+    plan, t_start, spent, predicted = predict(s), time.perf_counter(), 0.0, 0
     for i, c in enumerate(todo):
         method, kind, _, _ = parse_cell(c)
         lr, sweep = chosen_lr(out, method) if kind == "train" else (None, {})
         job = tmp / f"{c}.job.json"
         result = tmp / f"{c}.result.json"
         job.write_text(json.dumps({"settings": asdict(s), "bases": bases, "lr": lr, "lr_sweep": sweep, "result": str(result)}))
-        left = sum(plan["cells"][x] for x in todo[i:])
+        scale = spent / predicted if predicted else 1.0  # how far this machine runs from SIZING so far
+        left = scale * sum(plan["cells"][x] for x in todo[i:])
         print(f"== cell {i + 1}/{len(todo)} {c}{f' (lr {lr:.0e})' if lr else ''}; {time.perf_counter() - t_start:.0f} s so far, "
-              f"~{left:.0f} s left (predicted)", file=sys.stderr, flush=True)
+              f"ETA ~{left:.0f} s (SIZING x {scale:.2f} as measured so far)", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--worker", c, "--job", str(job)], check=True,
                        env=dict(os.environ, OMP_NUM_THREADS=str(s.threads)))
         r = json.loads(result.read_text())
         r["wall_s"] = round(time.perf_counter() - t0, 1)
         spent += r["wall_s"]
+        predicted += plan["cells"][c]
         tmpf = cell_file(out, c).with_suffix(".tmp")
         tmpf.write_text(json.dumps(r, indent=1) + "\n")
         tmpf.replace(cell_file(out, c))  # atomic: a killed run leaves no half-written cell
