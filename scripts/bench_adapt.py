@@ -595,8 +595,9 @@ def predict(s: Settings) -> dict:
 
 # ---- driver --------------------------------------------------------------------------------------------
 
-def sketch_bases(s: Settings, tmp: Path) -> dict:
-    need = sorted({METHODS[m].groups for m in s.methods if METHODS[m].base == "sketch"})
+def sketch_bases(s: Settings, tmp: Path, todo: list[str]) -> dict:
+    """{"g4": path, "g1": path} for the sketch bases the cells to run need (built or taken from the cache)."""
+    need = sorted({m.groups for m in (parse_cell(c)[0] for c in todo) if m.base == "sketch"})
     out = {}
     for g in need:
         if s.bases == "rtn":
@@ -651,7 +652,7 @@ def main() -> None:
         return
     if a.measure:
         tmp = Path(tempfile.mkdtemp(prefix="bench-adapt-measure-"))
-        bases, runs = sketch_bases(s, tmp), []
+        bases, runs = sketch_bases(s, tmp, a.measure.split(",")), []
         for name in a.measure.split(","):
             job = tmp / f"{name}.job.json"
             eval_limits = (2, 10) if name in ("floor-dense", "floor-sketch-g4") else (0, 0)
@@ -673,7 +674,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"not cells of this grid: {unknown} (see --list)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-adapt-"))
-    bases = sketch_bases(s, tmp) if todo else {}
+    bases = sketch_bases(s, tmp, todo)
     plan, t_start, spent, predicted = predict(s), time.perf_counter(), 0.0, 0
     for i, c in enumerate(todo):
         method, kind, _, _ = parse_cell(c)

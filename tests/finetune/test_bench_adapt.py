@@ -82,7 +82,7 @@ def test_rerun_skips_finished_cells_and_refuses_other_settings(tiny_data, tmp_pa
 
     monkeypatch.setattr(ba.bf, "data_root", lambda: tiny_data)
     monkeypatch.setattr(ba.subprocess, "run", fake_run)
-    monkeypatch.setattr(ba, "sketch_bases", lambda s, tmp: {})
+    monkeypatch.setattr(ba, "sketch_bases", lambda s, tmp, todo: {})
     monkeypatch.setattr("sketchtune_cli.evaluate.registry.check_data", lambda *a: None)
     out = tmp_path / "res" / "adapt"
     argv = ["bench_adapt", "--out", str(out), "--methods", "floor-dense,lora-g4", "--seeds", "2", "--steps", "3"]
