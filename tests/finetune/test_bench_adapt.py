@@ -144,6 +144,7 @@ def test_lora_ranks_match_sketch_lut_counts():
     assert ba.bf.lora_rank_matching(4) == 33 and ba.bf.lora_rank_matching(1) == 8
     assert 33 == min(range(1, 100), key=lambda r: abs(r * lora_per_rank - sketch_g4))
     assert 8 == min(range(1, 100), key=lambda r: abs(r * lora_per_rank - sketch_g1))
-    model = AutoModelForCausalLM.from_config(cfg)  # random weights: only the shapes matter
-    peft = get_peft_model(model, LoraConfig(r=33, target_modules=ba.bf.TARGETS, task_type="CAUSAL_LM"))
-    assert sum(p.numel() for p in peft.parameters() if p.requires_grad) == 33 * lora_per_rank == 10_074_240
+    assert cfg.num_hidden_layers == 30
+    cfg.num_hidden_layers, cfg.vocab_size = 1, 64  # one real-width layer, counted by PEFT itself
+    peft = get_peft_model(AutoModelForCausalLM.from_config(cfg), LoraConfig(r=33, target_modules=ba.bf.TARGETS, task_type="CAUSAL_LM"))
+    assert 30 * sum(p.numel() for p in peft.parameters() if p.requires_grad) == 33 * lora_per_rank == 10_074_240
