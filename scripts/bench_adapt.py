@@ -337,6 +337,10 @@ def run_cell(cell: str, s: Settings, bases: dict, lr: float | None, lr_sweep: di
            "base_bytes_in_memory": mem + extra, "base_bytes_bf16": bf16 + extra, "load_s": round(load_s, 1)}
     if method.base == "sketch":
         out["sketch_base"] = bases[f"g{method.groups}"]
+    if method.base == "nf4":
+        import bitsandbytes
+
+        out["bitsandbytes"] = bitsandbytes.__version__
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     steps = s.sweep_steps if kind == "sweep" else s.steps
     records = mixed_records(s.data_dir)
@@ -512,7 +516,7 @@ def markdown(report: dict) -> str:
         f"schedule, warmup {s['warmup']}, clip 1.0; LR sweeps {s['sweep_steps']} steps on seed 0's records.", "",
         f"Test examples per task (the first N of each test.json, the same for every cell): {counts}; generation greedy, "
         f"max {s['max_new_tokens']} new tokens; log-likelihood over the answer options. QLoRA = PEFT LoRA on "
-        f"bitsandbytes Linear4bit NF4 (block 64, fp32 compute) on the CPU.", "",
+        f"bitsandbytes {report.get('bitsandbytes') or ''} Linear4bit NF4 (block 64, fp32 compute) on the CPU.", "",
         "## Accuracy (%; mean over seeds, (min-max) where there are 2+)", "",
     ]
     cols = [*TEST_TASKS, "avg_gen", *[t + "_ll" for t in TEST_TASKS], "avg_ll"]
@@ -572,6 +576,7 @@ def write_report(out: Path, s: Settings, conclusion: str | None = None) -> dict:
         "data": {"train_folders": TRAIN_FOLDERS, "records": len(mixed_records(s.data_dir))},
         "test_counts": {t: (n or TEST_SIZES[t]) for t, n in test_specs(s) if not t.endswith("_ll")},
         "summary": summary, "ratios": ratios(summary), "verdicts": verdicts(summary), "conclusion": conclusion,
+        "bitsandbytes": next((r["bitsandbytes"] for r in results.values() if "bitsandbytes" in r), None),
         "plot": png.name, "cells": {c: {k: v for k, v in r.items() if k != "train_loss"} for c, r in results.items()},
     }
     if any(r["kind"] == "train" for r in results.values()):
