@@ -686,6 +686,12 @@ def main() -> None:
     unknown = [c for c in todo if c not in grid]
     if unknown:
         raise SystemExit(f"not cells of this grid: {unknown} (see --list)")
+    if any(parse_cell(c)[0].base == "nf4" for c in todo):
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise SystemExit("QLoRA/NF4 cells need bitsandbytes >= 0.50 (its NF4 runs on the CPU): "
+                             "pip install 'bitsandbytes>=0.50' (the bench extra), or leave them out with --methods")
     tmp = Path(tempfile.mkdtemp(prefix="bench-adapt-"))
     bases = sketch_bases(s, tmp, todo)
     plan, t_start, spent, predicted = predict(s), time.perf_counter(), 0.0, 0
