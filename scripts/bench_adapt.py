@@ -40,7 +40,11 @@ after each cell, or alone with ``--report-only``.
     python scripts/bench_adapt.py --list                                             # cells, done or not
     python scripts/bench_adapt.py --smoke                                            # tiny grid, temp dir
 
-Sizing (measured on this 2-core machine, alone, 2 threads; SIZING below holds the per-unit costs and
+Learning-rate centres: configs/commonsense.yaml's 2e-5 is Llama-3-8B's at batch 64 over 3 epochs; for 80 small
+steps on a 135M model the centres are bench_finetune's (sketch 1e-4, LoRA/QLoRA 3e-4) and 3e-5 for full
+fine-tuning, each swept x/÷3. A chosen value at the edge of its sweep is flagged in the report.
+
+Sizing (estimated for this 2-core machine alone at 2 threads; SIZING below holds the per-unit costs and
 ``--plan`` prints the prediction for any settings):
 
 - Unit costs, alone, 2 threads. A step (batch 8 of this mix: ~685 real / ~1000 padded tokens) costs as much as
@@ -49,7 +53,7 @@ Sizing (measured on this 2-core machine, alone, 2 threads; SIZING below holds th
   LoRA 3.4, QLoRA (bnb NF4 dequantizes every forward) 3.8, full 5.0 (weight gradients of every layer + AdamW
   over 135M values). Eval: ~0.3 s per generated answer (32 tokens, batch 16) and ~0.2 s per log-likelihood
   example, plus ~3 s per task (lm-eval task set-up); validation 0.16 s per record; a cell's process start,
-  imports and model load 12-15 s; the two calibrated bases 177 + 126 s (215 + 300 s at 1 thread).
+  imports and model load 12-15 s; the calibrated bases G=4 + G=1 177 + 126 s (300 + 215 s at 1 thread).
   On 2026-12-03 the machine was shared (load average 8-11 on 2 cores) and every wall and CPU time measured
   with ``--measure`` and the smoke grid was 5-20x these (e.g. a sketch step 80 s wall, 35 s CPU): those runs
   checked the code, not the speed. The driver prints an ETA rescaled by measured/predicted of the cells done,
@@ -533,6 +537,8 @@ def markdown(report: dict) -> str:
         m = summ[name]
         sweep = ", ".join(f"{k}: {v:.4f}" for k, v in (m.get("lr_sweep_val_loss") or {}).items())
         lr = f"{m['lr']:.0e} ({sweep})" if m.get("lr") else "-"
+        if m.get("lr") and METHODS[name].lrs and m["lr"] in (min(METHODS[name].lrs), max(METHODS[name].lrs)):
+            lr += " EDGE of the sweep"
         val = m.get("val_loss_after", m.get("val_loss"))
         lines.append(f"| {name} | {m['trainable_params']:,} | {m.get('lora_rank') or '-'} | {m['base_bytes_bf16'] / 1e6:.1f} | "
                      f"{m.get('peak_rss_mb', 0):.0f} | {_num(m.get('step_time_s'), 2)} | {_num(m.get('tokens_per_s'), 0)} | {lr} | "
