@@ -337,7 +337,7 @@ def run_cell(cell: str, s: Settings, bases: dict, lr: float | None, lr_sweep: di
     mem, bf16 = bf.base_bytes(model, params if method.adapter == "lora" else [])
     extra = nf4_extra_bytes(model)
     out = {"cell": cell, "method": method.name, "kind": kind, "seed": seed, "settings_key": s.key(),
-           "trainable_params": sum(p.numel() for p in params), "lora_rank": rank,
+           "threads": s.threads, "trainable_params": sum(p.numel() for p in params), "lora_rank": rank,
            "base_bytes_in_memory": mem + extra, "base_bytes_bf16": bf16 + extra, "load_s": round(load_s, 1)}
     if method.base == "sketch":
         out["sketch_base"] = bases[f"g{method.groups}"]
@@ -513,7 +513,7 @@ def markdown(report: dict) -> str:
         f"Model: SmolLM2-135M-Instruct as embedded (its weights were Q4_1 4-bit already: every figure here is on "
         f"that model). Run {report['cells_done']}/{report['cells_total']} cells of the grid"
         f"{' (complete)' if report['cells_done'] == report['cells_total'] else ' (PARTIAL)'}, each in its own process, "
-        f"{s['threads']} threads; meant to run alone on the 2-core machine.", "",
+        f"{report['threads']} thread(s); meant to run alone on the 2-core machine.", "",
         f"Data: LLM-Adapters train files {', '.join(TRAIN_FOLDERS)} ({report['data']['records']} unique records) mixed "
         f"with seed 0; validation = the first {s['val_n']} (LR choice, never trained on). Every trained cell: "
         f"{s['steps']} steps x batch {s['batch']} (micro {s['micro']}), max {s['seq_len']} tokens, AdamW, linear "
@@ -582,6 +582,7 @@ def write_report(out: Path, s: Settings, conclusion: str | None = None) -> dict:
         "data": {"train_folders": TRAIN_FOLDERS, "records": len(mixed_records(s.data_dir))},
         "test_counts": {t: (n or TEST_SIZES[t]) for t, n in test_specs(s) if not t.endswith("_ll")},
         "summary": summary, "ratios": ratios(summary), "verdicts": verdicts(summary), "conclusion": conclusion,
+        "threads": ", ".join(sorted({str(r.get("threads", "?")) for r in results.values()})) or str(s.threads),
         "bitsandbytes": next((r["bitsandbytes"] for r in results.values() if "bitsandbytes" in r), None),
         "plot": png.name, "cells": {c: {k: v for k, v in r.items() if k != "train_loss"} for c, r in results.items()},
     }
