@@ -56,7 +56,11 @@ Sizing (estimated for this 2-core machine alone at 2 threads; SIZING below holds
   imports and model load 12-15 s; the calibrated bases G=4 + G=1 177 + 126 s (300 + 215 s at 1 thread).
   On 2026-12-03 the machine was shared (load average 8-11 on 2 cores) and every wall and CPU time measured
   with ``--measure`` and the smoke grid was 5-20x these (e.g. a sketch step 80 s wall, 35 s CPU): those runs
-  checked the code, not the speed. The driver prints an ETA rescaled by measured/predicted of the cells done,
+  checked the code, not the speed. The quietest one (load average ~3, 07:25 UTC, 2 threads) still measured
+  38 s wall / 39 s CPU per sketch-g4 step, 43-48 s per LoRA step, 0.34 s per validation record and a 4.9 GB
+  peak RSS (batch 8 in one micro-batch) — 9x SIZING. Unresolved: whether that is contention alone; if an
+  alone ``--measure`` confirms it, the defaults do not fit 2 h (shrink --steps/--test-limit, --micro 2, or
+  drop sweep points). The driver prints an ETA rescaled by measured/predicted of the cells done,
   so the first cells show whether the grid fits; re-time with ``--measure sketch-g4,lora-g4,qlora-g4,full``.
 - Grid: 31 cells = 4 floors + 18 sweep cells (6 methods x 3 LRs) + 9 train cells (sketch-g4, lora-g4, qlora-g4
   x 2 seeds; sketch-g1, lora-g1, full x 1); 13 scored cells (floors + trains).
