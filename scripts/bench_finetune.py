@@ -167,9 +167,11 @@ def eval_specs(args) -> list[tuple[str, int]]:
     return [(t, n) for t, n in ((args.gen_task, args.gen_limit), (args.ll_task, args.ll_limit)) if t and n > 0]
 
 
-def accuracy(model, tok, args) -> tuple[dict, dict]:
+def accuracy(model, tok, args, specs: list[tuple[str, int]] | None = None) -> tuple[dict, dict]:
     """({task: accuracy %}, {task: seconds}) of the model as it is now, through ``sketchtune_cli.evaluate``
-    (the pieces ``sketchtune eval`` uses: registry, task YAMLs, HFLM on the model object, lm-eval)."""
+    (the pieces ``sketchtune eval`` uses: registry, task YAMLs, HFLM on the model object, lm-eval). ``specs``:
+    (task, limit) pairs, default ``eval_specs(args)``; uses args.method, eval_data_dir, max_new_tokens,
+    eval_batch."""
     import torch
 
     from sketchtune_cli.evaluate import registry, report, runner, taskgen
@@ -177,7 +179,7 @@ def accuracy(model, tok, args) -> tuple[dict, dict]:
     model.eval()
     scores, seconds = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-ft-tasks-") as tmp:
-        specs = eval_specs(args)
+        specs = eval_specs(args) if specs is None else specs
         sel = registry.select([t for t, _ in specs], have_data_dir=True)
         registry.check_data(sel.paper, args.eval_data_dir)
         taskgen.write_task_dir(Path(tmp), sel.paper, [], args.eval_data_dir, args.max_new_tokens)
@@ -296,43 +298,36 @@ def eval_worker(args) -> dict:
     return {"accuracy_before": scores, "eval_seconds_before": seconds}
 
 
-def worker(args) -> dict:
+def mean_token_loss(model, examples, pad: int, micro: int) -> float:
+    """Mean loss per response token over ``examples`` (micro-batches of ``micro``), no gradients; leaves the
+    model in train mode."""
     import torch
 
     from sketchtune_cli.finetune.data import collate
     from sketchtune_cli.finetune.trainer import token_loss_sum
 
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    model, tok, params, lr = build(args)
-    mem_bytes, bf16_bytes = base_bytes(model, params)
-    train, held = load_examples(args, tok)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=False)
-    from transformers import get_scheduler
-
-    sched = get_scheduler("linear", opt, num_warmup_steps=args.warmup, num_training_steps=args.steps)
-
-    @torch.no_grad()
-    def held_out_loss() -> float:
-        model.eval()
-        tot = n = 0.0
-        for i in range(0, len(held), args.micro):
-            b = collate(held[i:i + args.micro], pad)
+    model.eval()
+    tot = n = 0.0
+    with torch.no_grad():
+        for i in range(0, len(examples), micro):
+            b = collate(examples[i:i + micro], pad)
             tot += token_loss_sum(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]).item()
             n += int((b["labels"][:, 1:] != -100).sum())
-        model.train()
-        return tot / n
+    model.train()
+    return tot / n
 
-    before = held_out_loss()
-    rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def train_steps(model, params, opt, sched, train, pad, args, prof=None, on_step=None) -> tuple[list, list, list]:
+    """args.steps optimizer steps of args.batch examples (micro-batches of args.micro; loss = mean over the
+    batch's response tokens), clip 1.0: (seconds, tokens, loss) per step. ``prof`` (a torch profiler) wraps the
+    next-to-last step; ``on_step(step, loss)`` is called after each step (step counts from 1)."""
+    import torch
+
+    from sketchtune_cli.finetune.data import collate
+    from sketchtune_cli.finetune.trainer import token_loss_sum
+
     model.train()
     times, tokens, losses = [], [], []
-    prof = None
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        prof = profile(activities=[ProfilerActivity.CPU])
     for step in range(args.steps):
         batch = train[step * args.batch:(step + 1) * args.batch]
         micro = [collate(batch[i:i + args.micro], pad) for i in range(0, len(batch), args.micro)]
@@ -355,6 +350,36 @@ def worker(args) -> dict:
         tokens.append(sum(int(b["attention_mask"].sum()) for b in micro))
         losses.append(total / n_tgt)
         print(f"[{args.method}] step {step + 1}/{args.steps} loss {losses[-1]:.4f} {times[-1]:.2f}s", file=sys.stderr, flush=True)
+        if on_step is not None:
+            on_step(step + 1, losses[-1])
+    return times, tokens, losses
+
+
+def worker(args) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    model, tok, params, lr = build(args)
+    mem_bytes, bf16_bytes = base_bytes(model, params)
+    train, held = load_examples(args, tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=False)
+    from transformers import get_scheduler
+
+    sched = get_scheduler("linear", opt, num_warmup_steps=args.warmup, num_training_steps=args.steps)
+
+    def held_out_loss() -> float:
+        return mean_token_loss(model, held, pad, args.micro)
+
+    before = held_out_loss()
+    rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    prof = None
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        prof = profile(activities=[ProfilerActivity.CPU])
+    times, tokens, losses = train_steps(model, params, opt, sched, train, pad, args, prof)
     after = held_out_loss()
     steady = slice(1, None) if args.steps > 2 else slice(None)  # the first step pays one-time costs
     step_time = sum(times[steady]) / len(times[steady])
