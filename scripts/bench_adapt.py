@@ -44,34 +44,21 @@ Learning-rate centres: configs/commonsense.yaml's 2e-5 is Llama-3-8B's at batch 
 steps on a 135M model the centres are bench_finetune's (sketch 1e-4, LoRA/QLoRA 3e-4) and 3e-5 for full
 fine-tuning, each swept x/÷3. A chosen value at the edge of its sweep is flagged in the report.
 
-Sizing (estimated for this 2-core machine alone at 2 threads; SIZING below holds the per-unit costs and
-``--plan`` prints the prediction for any settings):
+Sizing (measured alone on this 2-core machine at 2 threads, 2026-12-03 07:40 UTC, load average < 1.2; SIZING
+below holds the per-unit costs and ``--plan`` prints the prediction for any settings):
 
-- Unit costs, alone, 2 threads. A step (batch 8 of this mix: ~685 real / ~1000 padded tokens) costs as much as
-  one of bench_finetune's steps (batch 4 x Math10K, ~640 real tokens): 7.0 s sketch-g4, 6.8 sketch-g1, 5.7
-  LoRA, 6.1 QLoRA at 1 thread (benchmarks/finetune.json), / 1.7 for 2 threads -> SIZING["step"]: sketch 4.1/4.0,
-  LoRA 3.4, QLoRA (bnb NF4 dequantizes every forward) 3.8, full 5.0 (weight gradients of every layer + AdamW
-  over 135M values). Eval: ~0.3 s per generated answer (32 tokens, batch 16) and ~0.2 s per log-likelihood
-  example, plus ~3 s per task (lm-eval task set-up); validation 0.16 s per record; a cell's process start,
-  imports and model load 12-15 s; the calibrated bases G=4 + G=1 177 + 126 s (300 + 215 s at 1 thread).
-  On 2026-12-03 the machine was shared (load average 8-11 on 2 cores) and every wall and CPU time measured
-  with ``--measure`` and the smoke grid was 5-20x these (e.g. a sketch step 80 s wall, 35 s CPU): those runs
-  checked the code, not the speed. The quietest one (load average ~3, 07:25 UTC, 2 threads) still measured
-  38 s wall / 39 s CPU per sketch-g4 step, 43-48 s per LoRA step, 0.34 s per validation record and a 4.9 GB
-  peak RSS (batch 8 in one micro-batch) — 9x SIZING. Unresolved: whether that is contention alone; if an
-  alone ``--measure`` confirms it, the defaults do not fit 2 h (shrink --steps/--test-limit, --micro 2, or
-  drop sweep points). The driver prints an ETA rescaled by measured/predicted of the cells done,
-  so the first cells show whether the grid fits; re-time with ``--measure sketch-g4,lora-g4,qlora-g4,full``.
+- Unit costs (``--measure``): a step of batch 8 (~740 tokens) 8.3 s sketch-g4, 8.2 sketch-g1, 6.8 LoRA, 7.0
+  QLoRA (bnb NF4 dequantizes every forward), 8.6 full; validation 0.28 s per record; eval 0.34-0.69 s per
+  generated answer (32 new tokens, batch 16) and 0.16-0.45 s per log-likelihood example, by task, plus ~1.5 s
+  per task; a cell's process start and model load 12-15 s; the calibrated bases G=4 + G=1 177 + 126 s.
+  (Runs of the same commands while other jobs shared the cores measured 5-10x these: time alone.)
 - Grid: 31 cells = 4 floors + 18 sweep cells (6 methods x 3 LRs) + 9 train cells (sketch-g4, lora-g4, qlora-g4
   x 2 seeds; sketch-g1, lora-g1, full x 1); 13 scored cells (floors + trains).
-- Total = bases 303 + 31 x (load ~13 + 64 val records x 0.16 = 10) + 13 x eval (10 tasks x 3 s + 5 x 50 x
-  (0.3 + 0.2) = 155) + 80 steps x (2 x 4.1 + 2 x 3.4 + 2 x 3.8 + 4.0 + 3.4 + 5.0 = 35.0 s) + 20 sweep steps x
-  3 x (4.1 + 4.0 + 3.4 + 3.4 + 3.8 + 5.0 = 23.7 s) = 303 + ~730 + 2015 + 2800 + 1422 ~= 7270 s (``--plan``).
-- So the defaults: 80 steps x batch 8 (640 records, ~55k tokens per trained cell), seq len 256 (no record is
-  longer: max 222), warmup 10, sweeps of 20 steps, validation 64 records, the first 50 test examples of each
-  of the 5 tasks in each variant (500 scored answers per cell; 1 example = 2 points on a task, 0.4 on an
-  average). 25 examples per task: ~6460 s; 100: ~8890 s; the full sets (9156 examples per variant): ~65000 s
-  (18 h) — not within this budget.
+- Defaults chosen to fit about 2 hours: 40 steps x batch 8 (320 records, ~30k tokens per trained cell), seq
+  len 256 (no record is longer: max 222), warmup 10, sweeps of 10 steps, validation 64 records, the first 40
+  test examples of each of the 5 tasks in each variant (400 scored answers per cell; 1 example = 2.5 points on
+  a task, 0.5 on an average): predicted 7,639 s (``--plan``: bases 303, eval 176 s per scored cell). 80 steps,
+  20-step sweeps and 50 examples: 12,245 s; the full test sets (9,156 examples per variant) do not fit.
 """
 from __future__ import annotations
 
@@ -126,12 +113,14 @@ MAIN = ["sketch-g4", "lora-g4", "qlora-g4"]
 # Measured per-unit costs (seconds; 2 threads, alone) that --plan and the ETA use; see the docstring.
 # Step: one optimizer step of batch 8 (~685 real, ~1000 padded tokens of the mix); eval: one test example of one
 # variant; load: a cell's process start, imports, model load and data read; val: one validation record.
-SIZING = {
+SIZING = {  # measured alone on this 2-core machine at 2 threads, 2026-12-03 07:40 UTC (--measure, load avg < 1.2)
     "load": {"dense": 12.0, "sketch": 14.0, "nf4": 15.0},
-    "step": {"sketch-g4": 4.1, "sketch-g1": 4.0, "lora-g4": 3.4, "lora-g1": 3.4, "qlora-g4": 3.8, "full": 5.0},
-    "eval_per_example": {**{t: 0.3 for t in TEST_TASKS}, **{t + "_ll": 0.2 for t in TEST_TASKS}},
-    "eval_per_task": 3.0,
-    "val_per_record": 0.16,
+    "step": {"sketch-g4": 8.3, "sketch-g1": 8.2, "lora-g4": 6.8, "lora-g1": 6.8, "qlora-g4": 7.0, "full": 8.6},
+    "eval_per_example": {"st_boolq": 0.35, "st_piqa": 0.69, "st_arc_easy": 0.40, "st_arc_challenge": 0.61,
+                         "st_openbookqa": 0.34, "st_boolq_ll": 0.16, "st_piqa_ll": 0.45, "st_arc_easy_ll": 0.31,
+                         "st_arc_challenge_ll": 0.41, "st_openbookqa_ll": 0.30},
+    "eval_per_task": 1.5,
+    "val_per_record": 0.28,
     "base_build": {"g4": 177.0, "g1": 126.0},
 }
 
@@ -140,14 +129,14 @@ SIZING = {
 
 @dataclass
 class Settings:
-    steps: int = 80
-    sweep_steps: int = 20
+    steps: int = 40
+    sweep_steps: int = 10
     batch: int = 8
     micro: int = 8
     seq_len: int = 256
     warmup: int = 10
     val_n: int = 64
-    test_limit: int = 50
+    test_limit: int = 40
     max_new_tokens: int = 32
     eval_batch: int = 16
     seeds: int = 2
