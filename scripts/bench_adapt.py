@@ -59,6 +59,10 @@ below holds the per-unit costs and ``--plan`` prints the prediction for any sett
   test examples of each of the 5 tasks in each variant (400 scored answers per cell; 1 example = 2.5 points on
   a task, 0.5 on an average): predicted 7,639 s (``--plan``: bases 303, eval 176 s per scored cell). 80 steps,
   20-step sweeps and 50 examples: 12,245 s; the full test sets (9,156 examples per variant) do not fit.
+- Measured: these defaults are too small to rank methods. The pilot (benchmarks/adapt-pilot.md, 11 cells,
+  run alone) shows the trained models settling on one label per task after 40 steps (scores equal to label
+  frequencies). A ranking budget is ~an epoch of the mix (~2,200 steps, ~5 h per cell on this CPU): a GPU
+  run, or many sessions of resumed cells.
 """
 from __future__ import annotations
 
