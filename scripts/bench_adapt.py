@@ -27,6 +27,10 @@ validation loss); the train cells use the value with the lowest validation loss 
 sketch-g4, lora-g4, qlora-g4 (``--seeds``), 1 for the others; a seed changes the training-record order and
 torch's seed (LoRA's initialisation).
 
+Every scored cell also records ``top_answer_share`` per task: the % of test examples given the most common
+answer (generation: the filtered answer; log-likelihood: the most likely option), so a model that learned only
+the answer format (one label everywhere; its score is then that label's frequency) shows as such.
+
 Resumable: every cell (floor, sweep point, method x seed) runs in its own subprocess (peak RSS via getrusage)
 and writes ``<out>/cells/<cell>.json`` when it ends; a rerun skips cells whose file exists with the same
 settings hash (and refuses to mix settings in one folder). Order: floors dense and sketch-g4, then the main
@@ -367,7 +371,8 @@ def run_cell(cell: str, s: Settings, bases: dict, lr: float | None, lr_sweep: di
     out["val_s"] = round(time.perf_counter() - t0, 1)
     if kind != "sweep":
         ns = argparse.Namespace(method=cell, eval_data_dir=s.data_dir, max_new_tokens=s.max_new_tokens, eval_batch=s.eval_batch)
-        out["accuracy"], out["eval_s"] = bf.accuracy(model, tok, ns, test_specs(s))
+        out["top_answer_share"] = {}
+        out["accuracy"], out["eval_s"] = bf.accuracy(model, tok, ns, test_specs(s), out["top_answer_share"])
     return out
 
 

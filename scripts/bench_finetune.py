@@ -167,11 +167,12 @@ def eval_specs(args) -> list[tuple[str, int]]:
     return [(t, n) for t, n in ((args.gen_task, args.gen_limit), (args.ll_task, args.ll_limit)) if t and n > 0]
 
 
-def accuracy(model, tok, args, specs: list[tuple[str, int]] | None = None) -> tuple[dict, dict]:
+def accuracy(model, tok, args, specs: list[tuple[str, int]] | None = None, top_share: dict | None = None) -> tuple[dict, dict]:
     """({task: accuracy %}, {task: seconds}) of the model as it is now, through ``sketchtune_cli.evaluate``
     (the pieces ``sketchtune eval`` uses: registry, task YAMLs, HFLM on the model object, lm-eval). ``specs``:
     (task, limit) pairs, default ``eval_specs(args)``; uses args.method, eval_data_dir, max_new_tokens,
-    eval_batch."""
+    eval_batch. ``top_share``: when given, filled with {task: % of examples given the most common answer}
+    (a model that learned only the format answers one label everywhere: its score is that label's share)."""
     import torch
 
     from sketchtune_cli.evaluate import registry, report, runner, taskgen
@@ -189,11 +190,29 @@ def accuracy(model, tok, args, specs: list[tuple[str, int]] | None = None) -> tu
             limit = dict(specs)[name]
             t0 = time.perf_counter()
             with torch.no_grad():
-                res = runner.run_lm_eval(lm, [task], task_manager, runner.RunOptions(limit=limit, batch_size=args.eval_batch))
+                res = runner.run_lm_eval(lm, [task], task_manager, runner.RunOptions(
+                    limit=limit, batch_size=args.eval_batch, log_samples=top_share is not None))
             seconds[task] = round(time.perf_counter() - t0, 1)
             scores.update(report.scores_of(args.method, res).scores)
+            if top_share is not None:
+                top_share[task] = most_common_answer_share(res["samples"][task])
             print(f"[{args.method}] {task} (first {limit}): {scores.get(task)} % in {seconds[task]} s", file=sys.stderr, flush=True)
     return scores, seconds
+
+
+def most_common_answer_share(samples: list[dict]) -> float:
+    """% of lm-eval samples whose prediction is the most common one: the filtered generation, or for a
+    multiple-choice (log-likelihood) sample the index of the most likely option."""
+    from collections import Counter
+
+    def prediction(sample: dict):
+        resp = sample["filtered_resps"]
+        if resp and isinstance(resp[0], (list, tuple)):  # per option: (log-likelihood, is_greedy)
+            return max(range(len(resp)), key=lambda i: resp[i][0])
+        return str(resp[0] if isinstance(resp, list) and resp else resp).strip()
+
+    counts = Counter(prediction(x) for x in samples)
+    return round(100.0 * max(counts.values()) / len(samples), 1) if samples else 0.0
 
 
 # ---- models per method ---------------------------------------------------------------------------------
