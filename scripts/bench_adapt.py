@@ -548,10 +548,28 @@ def markdown(report: dict) -> str:
     lines += ["", "## Sketch G=4 against LoRA and QLoRA (same run; accuracies in points, others as ratios)", ""]
     for k, v in report["ratios"].items():
         lines.append(f"- {k}: " + ", ".join(f"{n} {x:+.1f}" if n.endswith("(pts)") else f"{n} {x:.2f}" for n, x in v.items()))
+    lines += answer_share_lines(report["cells"])
     lines += ["", "## Above the untrained floor?", "", *[f"- {v}" for v in report["verdicts"]], "",
               "## What it shows", "", report.get("conclusion") or "(written after the full grid has run)", "",
               f"Loss curves: {report['plot']}", ""]
     return "\n".join(lines)
+
+
+def answer_share_lines(cells_: dict) -> list[str]:
+    """Markdown: per scored cell, the % of test examples given its most common answer (generation / log-likelihood
+    averages over the tasks); near 100 means one label everywhere, and its accuracy is that label's frequency."""
+    rows = []
+    for c, r in sorted(cells_.items()):
+        share = r.get("top_answer_share")
+        if not share:
+            continue
+        gen = [v for t, v in share.items() if not t.endswith("_ll")]
+        ll = [v for t, v in share.items() if t.endswith("_ll")]
+        rows.append(f"| {c} | {sum(gen) / len(gen):.1f} | {sum(ll) / len(ll):.1f} |")
+    if not rows:
+        return []
+    return ["", "## Most common answer (% of test examples, mean over tasks)", "",
+            "| cell | generation | log-likelihood |", "|---|---:|---:|", *rows]
 
 
 def plot(results: dict, path: Path) -> None:
