@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from helpers import hook_env
 from sketchtune_cli.artifacts import partial_dir, read_manifest
 from sketchtune_cli.compress.checkpoint import CHECKPOINT_DIR, STATE
 from sketchtune_cli.output_lock import read_holder
@@ -17,10 +18,10 @@ ARGS = ["--calib", "builtin", "-n", "4", "--seq-len", "32", "--device", "cpu", "
         "compress.kmeans_iters=10"]
 
 
-def _start(model, out):
+def _start(model, out, **env):
     return subprocess.Popen([sys.executable, "-m", "sketchtune_cli", "compress", str(model), "-o", str(out), *ARGS],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **env})
 
 
 def _wait_for(path, proc, timeout=240):
@@ -33,7 +34,9 @@ def _wait_for(path, proc, timeout=240):
 
 def test_second_run_refused_and_killed_run_resumes(tiny_model_dir, tmp_path, run_cli):
     first, killed = tmp_path / "first", tmp_path / "killed"
-    a, b = _start(tiny_model_dir, first), _start(tiny_model_dir, killed)  # both at once: half the wall time
+    # b kills itself with SIGKILL once block 0 is checkpointed: on an idle machine a tiny compress could
+    # otherwise finish before a watcher saw its checkpoint
+    a, b = _start(tiny_model_dir, first), _start(tiny_model_dir, killed, **hook_env("compress:1:signal:SIGKILL"))
     try:
         _wait_for(partial_dir(first) / "lock", a)
         assert read_holder(partial_dir(first)).pid == a.pid
@@ -44,9 +47,8 @@ def test_second_run_refused_and_killed_run_resumes(tiny_model_dir, tmp_path, run
             assert len(lines) == 1 and f"being written by a running sketchtune, pid {a.pid}" in lines[0], err
             assert "--resume" not in lines[0]
 
-        _wait_for(partial_dir(killed) / CHECKPOINT_DIR / STATE, b)  # block 0 is checkpointed
-        b.send_signal(signal.SIGKILL)
-        b.wait(timeout=60)
+        b.wait(timeout=240)
+        assert (partial_dir(killed) / CHECKPOINT_DIR / STATE).exists()  # block 0 is checkpointed
         assert b.returncode == -signal.SIGKILL and not killed.exists()
         assert read_holder(partial_dir(killed)).pid == b.pid  # the dead holder's lock is still there
     except BaseException:
