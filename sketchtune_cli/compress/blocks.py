@@ -7,7 +7,7 @@ or, with ``offload``, on the CPU and move in one sample at a time.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -110,23 +110,108 @@ def block_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, device, store=None) -> list[torch.Tensor]:
+def run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, device, store=None,
+              reuse: "FinishedChildren | None" = None) -> list[torch.Tensor]:
     """The block's outputs for every input (kept on ``store``, default where the input was)."""
     outs = []
-    for x in inputs:
+    for i, x in enumerate(inputs):
+        if reuse is not None:
+            reuse.begin(i)
         y = block_output(block(x.to(device), **kwargs))
         outs.append(y.detach().to(store if store is not None else x.device))
     return outs
 
 
-def feed_until(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, device) -> None:
+def feed_until(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, device,
+               reuse: "FinishedChildren | None" = None) -> None:
     """Run the block over every input, tolerating a hook's StopForward (the caller's hooks collect what
     they need and stop early, so the rest of the block is not computed)."""
-    for x in inputs:
+    for i, x in enumerate(inputs):
+        if reuse is not None:
+            reuse.begin(i)
         try:
             block(x.to(device), **kwargs)
         except StopForward:
             pass
+
+
+class FinishedChildren:
+    """Reuses, across the forwards over one block, the outputs of the block's sub-modules (its direct
+    children: ``self_attn``, ``mlp``) whose target linears are all sketched.
+
+    The true-sequential pipeline runs the block five times (one feed per sub-group, then the block's
+    outputs); each feed recomputes the prefix of the block, so for Llama the attention (q/k/v/o and the
+    attention itself) ran four times with weights that had stopped changing after the second. A child's
+    output is a deterministic function of the block input, the block's keyword arguments and the outputs
+    of the children that ran before it. So a finished child whose predecessors in this forward were all
+    finished sees the same input as the last time and gives the same output: that output is kept (on
+    ``store``, where the activations live) and a copy returned instead of recomputing it. Children without
+    targets (norms) are cheap and never kept; one with unfinished targets "taints" the rest of the
+    forward: nothing after it is kept or reused. The block's results are bit for bit those of recomputing
+    (tests/compress/test_block_reuse.py).
+
+    Use as a context manager around the block's feeds; :meth:`finish` after a sub-group's weights are
+    written back, :meth:`begin` before each sample (``feed_until`` / ``run_block`` call it)."""
+
+    def __init__(self, block: nn.Module, linears: dict[str, nn.Module], device, store):
+        by_id = {id(m): n for n, m in linears.items()}
+        self._targets = {name: {by_id[id(m)] for m in child.modules() if id(m) in by_id}
+                         for name, child in block.named_children()}
+        self._children = {name: block.get_submodule(name) for name, t in self._targets.items() if t}
+        self._unfinished = set(by_id.values())
+        self._device, self._store = device, store
+        self._kept: dict[tuple[str, int, int], Any] = {}
+        self._sample, self._tainted, self._calls = 0, False, {}
+
+    def __enter__(self) -> "FinishedChildren":
+        for name, child in self._children.items():
+            child.forward = self._wrap(name, child.forward)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for child in self._children.values():
+            del child.forward  # back to the class's forward
+        self._kept.clear()
+
+    def finish(self, names: Iterable[str]) -> None:
+        """These target linears are sketched and written back: they no longer change."""
+        self._unfinished.difference_update(names)
+
+    def begin(self, sample: int) -> None:
+        """A new forward, over calibration sample ``sample``."""
+        self._sample, self._tainted, self._calls = sample, False, {}
+
+    def _wrap(self, name: str, forward: Callable) -> Callable:
+        def reusing_forward(*args, **kwargs):
+            call = self._calls[name] = self._calls.get(name, 0) + 1  # a child called twice: two entries
+            if self._targets[name] & self._unfinished:
+                self._tainted = True
+            if self._tainted:
+                return forward(*args, **kwargs)
+            key = (name, self._sample, call)
+            if key in self._kept:  # a copy: the block may update its children's outputs in place
+                return _copied(self._kept[key], self._device)
+            out = forward(*args, **kwargs)
+            self._kept[key] = _copied(_detached(out), self._store)
+            return out
+
+        return reusing_forward
+
+
+def _detached(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detached(v) for v in value)
+    return value
+
+
+def _copied(value: Any, device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, copy=True)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copied(v, device) for v in value)
+    return value
 
 
 @contextmanager

@@ -26,7 +26,8 @@ from ..errors import UserError
 from ..processes import launch_local_rank
 from ..sketch import Sketch, decoder_layers, find_target_linears
 from . import distributed, timing
-from .blocks import StopForward, capture_block_inputs, feed_until, pre_hooks, run_block, sequential_groups
+from .blocks import (FinishedChildren, StopForward, capture_block_inputs, feed_until, pre_hooks, run_block,
+                     sequential_groups)
 from .checkpoint import Checkpointer, ResumeState
 from .distributed import DistContext
 from .hessian import HessianAccumulator
@@ -125,10 +126,12 @@ def _run_blocks(model, blocks_name, blocks, targets, local_ids, settings, device
         prefix = f"{blocks_name}.{index}."
         linears = {n: m for n, m in targets.items() if n.startswith(prefix)}
         block, kwargs = blocks[index].to(device), block_kwargs[index]
-        sketches, stats = compress_block(block, index, linears, inputs, kwargs, settings, device, sketch_fn, dist,
-                                         lambda name, s: on_layer and on_layer(index, len(blocks), name, s))
-        with timing.phase("forward"):
-            inputs = run_block(block, inputs, kwargs, device)
+        with FinishedChildren(block, linears, device, store=inputs[0].device) as reuse:
+            sketches, stats = compress_block(block, index, linears, inputs, kwargs, settings, device, sketch_fn,
+                                             dist, lambda name, s: on_layer and on_layer(index, len(blocks), name, s),
+                                             reuse)
+            with timing.phase("forward"):
+                inputs = run_block(block, inputs, kwargs, device, reuse=reuse)
         blocks[index].to("cpu")
         result.sketches.update(sketches)
         result.layers.update(stats)
@@ -151,8 +154,9 @@ def _stop_if_requested(done: int, total: int, ckpt: Checkpointer) -> None:
 
 
 def compress_block(block, index, linears, inputs, kwargs, settings, device, sketch_fn, dist,
-                   on_layer=None) -> tuple[dict[str, Sketch], dict[str, dict]]:
-    """Sketch one block's linears (already on ``device``), sub-group by sub-group, in place."""
+                   on_layer=None, reuse: FinishedChildren | None = None) -> tuple[dict[str, Sketch], dict[str, dict]]:
+    """Sketch one block's linears (already on ``device``), sub-group by sub-group, in place. ``reuse``
+    (entered by the caller) is told which linears are done, so later feeds skip finished children."""
     if not linears:
         return {}, {}
     order = list(linears)  # model order: round-robin owners follow it
@@ -160,7 +164,7 @@ def compress_block(block, index, linears, inputs, kwargs, settings, device, sket
     with timing.phase("forward"):
         groups = sequential_groups(block, linears, inputs[0], kwargs, device)
     for group in groups:
-        hessian = accumulate_hessian(block, {n: linears[n] for n in group}, inputs, kwargs, device)
+        hessian = accumulate_hessian(block, {n: linears[n] for n in group}, inputs, kwargs, device, reuse)
         with timing.phase("hessian"):
             hessian.all_reduce_()
         owners = {name: dist.owner(order.index(name)) for name in group}
@@ -173,11 +177,14 @@ def compress_block(block, index, linears, inputs, kwargs, settings, device, sket
             stats[name] = {"block": index, **layer_stats}
             if on_layer:
                 on_layer(name, stats[name])
+        if reuse is not None:
+            reuse.finish(group)
         del hessian
     return sketches, stats
 
 
-def accumulate_hessian(block, group: dict[str, nn.Module], inputs, kwargs, device) -> HessianAccumulator:
+def accumulate_hessian(block, group: dict[str, nn.Module], inputs, kwargs, device,
+                       reuse: FinishedChildren | None = None) -> HessianAccumulator:
     """The input Hessian of one sub-group over all (local) calibration inputs. Its linears read the very
     same input (that is what makes them a group), so one accumulator serves them all. The forward stops
     at the group's first linear: nothing after it is computed."""
@@ -190,7 +197,7 @@ def accumulate_hessian(block, group: dict[str, nn.Module], inputs, kwargs, devic
         raise StopForward
 
     with pre_hooks({n: m for n, m in group.items() if m is first}, add), timing.phase("forward"):
-        feed_until(block, inputs, kwargs, device)
+        feed_until(block, inputs, kwargs, device, reuse)
     return acc
 
 
