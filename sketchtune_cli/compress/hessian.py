@@ -9,11 +9,6 @@ The estimate is kept as a running average, as GPTQ does (``H <- H * n/(n+m) + (2
 magnitude does not grow with the amount of calibration data and float32 stays accurate. For several
 processes, all-reduce ``raw_sum()`` and ``n_samples`` (see ``all_reduce_``) or merge accumulators with
 ``merge_``.
-
-On the CPU the update is BLAS's symmetric rank-k product (``ssyrk`` through SciPy), which computes one
-triangle of ``X^T X``: half the arithmetic of a general product, 1.4-1.8x faster at the embedded model's
-widths (benchmarks/compress_profile.md); the other triangle is filled in when ``hessian`` is read. On a GPU
-the general product runs on tensor cores and the Hessian is a small share of compress.
 """
 from __future__ import annotations
 
@@ -28,19 +23,6 @@ class HessianAccumulator:
         self.hessian = torch.zeros(cols, cols, dtype=torch.float32, device=device)
         self.n_samples = 0
 
-    @property
-    def hessian(self) -> torch.Tensor:
-        """``H [cols, cols]``, float32, symmetric."""
-        if self._upper_stale:  # the CPU update wrote the lower triangle only
-            H = self._hessian
-            H.copy_(torch.tril(H) + torch.tril(H, -1).T)
-            self._upper_stale = False
-        return self._hessian
-
-    @hessian.setter
-    def hessian(self, value: torch.Tensor) -> None:
-        self._hessian, self._upper_stale = value, False
-
     def add(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Adds a batch of inputs ``x [..., cols]``; ``mask [...]`` (bool) keeps only the selected rows
         (e.g. to drop padding tokens)."""
@@ -52,15 +34,11 @@ class HessianAccumulator:
         m = x.shape[0]
         if m == 0:
             return
-        x = x.to(device=self._hessian.device, dtype=torch.float32)
+        x = x.to(device=self.hessian.device, dtype=torch.float32)
         total = self.n_samples + m
         # running average: rescale the old mean, then add the new batch's share
-        if self._hessian.device.type == "cpu" and self._hessian.is_contiguous():
-            _syrk_lower_(self._hessian, x, alpha=2.0 / total, beta=self.n_samples / total)
-            self._upper_stale = True
-        else:
-            self._hessian.mul_(self.n_samples / total)
-            self._hessian.addmm_(x.T, x, alpha=2.0 / total)
+        self.hessian.mul_(self.n_samples / total)
+        self.hessian.addmm_(x.T, x, alpha=2.0 / total)
         self.n_samples = total
 
     def raw_sum(self) -> torch.Tensor:
@@ -99,15 +77,3 @@ class HessianAccumulator:
         self.hessian, self.n_samples = merged.hessian, merged.n_samples
         return self
 
-
-
-def _syrk_lower_(H: torch.Tensor, x: torch.Tensor, alpha: float, beta: float) -> None:
-    """``H <- beta H + alpha x^T x`` on the lower triangle of the C-ordered ``H`` (the upper triangle of
-    its column-major view, which is what BLAS sees), in place; ``x [m, cols]``."""
-    import numpy as np
-    from scipy.linalg.blas import ssyrk
-
-    C = H.numpy().T  # column-major view of H: BLAS's upper triangle is H's lower one
-    out = ssyrk(alpha, x.contiguous().numpy().T, beta=beta, c=C, trans=0, lower=0, overwrite_c=1)
-    if not np.shares_memory(out, C):  # SciPy copies when it cannot work in place: write the result back
-        C[...] = out
