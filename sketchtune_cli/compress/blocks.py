@@ -135,42 +135,52 @@ def feed_until(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, devic
             pass
 
 
-class FinishedChildren:
-    """Reuses, across the forwards over one block, the outputs of the block's sub-modules (its direct
-    children: ``self_attn``, ``mlp``) whose target linears are all sketched.
+class FinishedOutputs:
+    """Reuses, across the forwards over one block, the outputs of modules whose weights stopped changing:
+    target linears already sketched, and the block's children (``self_attn``, ``mlp``) whose targets all are.
 
     The true-sequential pipeline runs the block five times (one feed per sub-group, then the block's
-    outputs); each feed recomputes the prefix of the block, so for Llama the attention (q/k/v/o and the
-    attention itself) ran four times with weights that had stopped changing after the second. A child's
-    output is a deterministic function of the block input, the block's keyword arguments and the outputs
-    of the children that ran before it. So a finished child whose predecessors in this forward were all
-    finished sees the same input as the last time and gives the same output: that output is kept (on
-    ``store``, where the activations live) and a copy returned instead of recomputing it. Children without
-    targets (norms) are cheap and never kept; one with unfinished targets "taints" the rest of the
-    forward: nothing after it is kept or reused. The block's results are bit for bit those of recomputing
-    (tests/compress/test_block_reuse.py).
+    outputs), and each feed recomputed the prefix of the block: for Llama the attention four times after
+    q/k/v/o had stopped changing, gate/up once more for the outputs. Whatever a module computes is a
+    deterministic function of the block input, the block's keyword arguments and the outputs of what ran
+    before it in the forward; the only things that change between feeds are the target linears not yet
+    sketched. So until the first unfinished target linear starts ("taints" the forward), a finished module
+    sees the same input as the last time and gives the same output: the first time, the output is kept (on
+    ``store``, where the activations live), later a copy is returned instead of computing it. The block's
+    results are bit for bit those of recomputing (tests/compress/test_block_reuse.py).
+
+    Kept outputs stay under ``budget_bytes`` (default: half the memory free on ``store`` when entered);
+    past it, modules are recomputed as before. On the embedded model at 128 x 512 calibration tokens
+    the kept outputs of one block take about 1.5 GB.
 
     Use as a context manager around the block's feeds; :meth:`finish` after a sub-group's weights are
     written back, :meth:`begin` before each sample (``feed_until`` / ``run_block`` call it)."""
 
-    def __init__(self, block: nn.Module, linears: dict[str, nn.Module], device, store):
-        by_id = {id(m): n for n, m in linears.items()}
-        self._targets = {name: {by_id[id(m)] for m in child.modules() if id(m) in by_id}
-                         for name, child in block.named_children()}
-        self._children = {name: block.get_submodule(name) for name, t in self._targets.items() if t}
-        self._unfinished = set(by_id.values())
-        self._device, self._store = device, store
+    def __init__(self, block: nn.Module, linears: dict[str, nn.Module], device, store,
+                 budget_bytes: int | None = None):
+        name_of = {id(m): n for n, m in linears.items()}
+        # what each wrapped module depends on: a target linear on itself, a child on the targets inside it
+        self._depends = {name_of[id(m)]: {name_of[id(m)]} for m in linears.values()}
+        self._modules = {name_of[id(m)]: m for m in linears.values()}
+        for child_name, child in block.named_children():
+            inside = {name_of[id(m)] for m in child.modules() if id(m) in name_of}
+            if inside and id(child) not in name_of:
+                self._depends[f"child:{child_name}"], self._modules[f"child:{child_name}"] = inside, child
+        self._unfinished = set(linears)
+        self._device, self._store = device, torch.device(store)
+        self._budget = _free_bytes(self._store) // 2 if budget_bytes is None else budget_bytes
         self._kept: dict[tuple[str, int, int], Any] = {}
+        self.kept_bytes = 0
         self._sample, self._tainted, self._calls = 0, False, {}
 
-    def __enter__(self) -> "FinishedChildren":
-        for name, child in self._children.items():
-            child.forward = self._wrap(name, child.forward)
+    def __enter__(self) -> "FinishedOutputs":
+        for name, module in self._modules.items():
+            module.forward = self._wrap(name, module.forward)
         return self
 
     def __exit__(self, *exc) -> None:
-        for child in self._children.values():
-            del child.forward  # back to the class's forward
+        for module in self._modules.values():
+            del module.forward  # back to the class's forward
         self._kept.clear()
 
     def finish(self, names: Iterable[str]) -> None:
@@ -182,20 +192,42 @@ class FinishedChildren:
         self._sample, self._tainted, self._calls = sample, False, {}
 
     def _wrap(self, name: str, forward: Callable) -> Callable:
+        leaf = not name.startswith("child:")
+
         def reusing_forward(*args, **kwargs):
-            call = self._calls[name] = self._calls.get(name, 0) + 1  # a child called twice: two entries
-            if self._targets[name] & self._unfinished:
+            call = self._calls[name] = self._calls.get(name, 0) + 1  # a module called twice: two entries
+            unfinished = bool(self._depends[name] & self._unfinished)
+            if unfinished and leaf:
                 self._tainted = True
-            if self._tainted:
+            if unfinished or self._tainted:
                 return forward(*args, **kwargs)
             key = (name, self._sample, call)
-            if key in self._kept:  # a copy: the block may update its children's outputs in place
+            if key in self._kept:  # a copy: the block may update the output in place
                 return _copied(self._kept[key], self._device)
             out = forward(*args, **kwargs)
-            self._kept[key] = _copied(_detached(out), self._store)
+            size = _nbytes(out)
+            if self.kept_bytes + size <= self._budget:
+                self._kept[key] = _copied(_detached(out), self._store)
+                self.kept_bytes += size
             return out
 
         return reusing_forward
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil  # accelerate's dependency
+
+    return psutil.virtual_memory().available
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0
 
 
 def _detached(value: Any) -> Any:

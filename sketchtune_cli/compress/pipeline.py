@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..processes import launch_local_rank
 from ..sketch import Sketch, decoder_layers, find_target_linears
 from . import distributed, timing
-from .blocks import (FinishedChildren, StopForward, capture_block_inputs, feed_until, pre_hooks, run_block,
+from .blocks import (FinishedOutputs, StopForward, capture_block_inputs, feed_until, pre_hooks, run_block,
                      sequential_groups)
 from .checkpoint import Checkpointer, ResumeState
 from .distributed import DistContext
@@ -126,7 +126,7 @@ def _run_blocks(model, blocks_name, blocks, targets, local_ids, settings, device
         prefix = f"{blocks_name}.{index}."
         linears = {n: m for n, m in targets.items() if n.startswith(prefix)}
         block, kwargs = blocks[index].to(device), block_kwargs[index]
-        with FinishedChildren(block, linears, device, store=inputs[0].device) as reuse:
+        with FinishedOutputs(block, linears, device, store=inputs[0].device) as reuse:
             sketches, stats = compress_block(block, index, linears, inputs, kwargs, settings, device, sketch_fn,
                                              dist, lambda name, s: on_layer and on_layer(index, len(blocks), name, s),
                                              reuse)
@@ -154,7 +154,7 @@ def _stop_if_requested(done: int, total: int, ckpt: Checkpointer) -> None:
 
 
 def compress_block(block, index, linears, inputs, kwargs, settings, device, sketch_fn, dist,
-                   on_layer=None, reuse: FinishedChildren | None = None) -> tuple[dict[str, Sketch], dict[str, dict]]:
+                   on_layer=None, reuse: FinishedOutputs | None = None) -> tuple[dict[str, Sketch], dict[str, dict]]:
     """Sketch one block's linears (already on ``device``), sub-group by sub-group, in place. ``reuse``
     (entered by the caller) is told which linears are done, so later feeds skip finished children."""
     if not linears:
@@ -184,7 +184,7 @@ def compress_block(block, index, linears, inputs, kwargs, settings, device, sket
 
 
 def accumulate_hessian(block, group: dict[str, nn.Module], inputs, kwargs, device,
-                       reuse: FinishedChildren | None = None) -> HessianAccumulator:
+                       reuse: FinishedOutputs | None = None) -> HessianAccumulator:
     """The input Hessian of one sub-group over all (local) calibration inputs. Its linears read the very
     same input (that is what makes them a group), so one accumulator serves them all. The forward stops
     at the group's first linear: nothing after it is computed."""
