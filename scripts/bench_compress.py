@@ -313,7 +313,7 @@ VARIANT_GRID = [  # --variants: alternatives to the defaults, seed 0 (earlier ru
     ("variant: best of 8 k-means++ starts", dict(bits=4, groups_per_row=1, kmeans_restarts=8), False),
     ("previous default: p = 4 k-means, no LUT refit", dict(bits=4, groups_per_row=1, exponent=4.0, lut_refit_rounds=0), False),
 ]
-PIPELINE_LABEL = "sketch 4b G1 (pipeline, sequential)"
+PIPELINE_LABEL = "sketch 4b G{groups} (pipeline, sequential)"
 QUICK_GRID = {"sketch 4b G1", "ablation: no Hessian weighting in the LUT fit (unweighted refit)"}
 
 
@@ -327,8 +327,9 @@ def parse_args():
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=None, help="held-out windows per source (default 16; quick 2)")
     p.add_argument("--no-pipeline", action="store_true", help="skip the sequential pipeline runs")
+    p.add_argument("--pipeline-groups", default="1", help="comma-separated groups_per_row of the pipeline runs (4 bits)")
     p.add_argument("--no-baselines", action="store_true", help="skip RTN/HQQ")
-    p.add_argument("--scaling", default=None, help="calibration sizes for the timing runs (default 32,64,128; quick 8,16)")
+    p.add_argument("--scaling", default=None, help="calibration sizes for the timing runs (default 32,64,128; quick 8,16; '' for none)")
     p.add_argument("--scaling-blocks", type=int, default=4, help="decoder blocks kept for the timing runs")
     p.add_argument("--seeds", type=int, default=None, help="seeds for the pipeline and the seeded one-shot rows (default 3; quick 1)")
     p.add_argument("--variants", action="store_true", help="also run the variant rows (alternatives to the defaults)")
@@ -349,7 +350,7 @@ def main():
     n_calib = a.calib_samples or (16 if a.quick else 128)
     n_eval = a.eval_windows or (2 if a.quick else 16)
     seeds = list(range(a.seeds or (1 if a.quick else 3)))
-    scaling = [int(s) for s in (a.scaling or ("8,16" if a.quick else "32,64,128")).split(",") if s]
+    scaling = [int(s) for s in (a.scaling if a.scaling is not None else ("8,16" if a.quick else "32,64,128")).split(",") if s]
     t_start = time.perf_counter()
     model, tok = load_model("smollm2-135m", dtype="float32", device="cpu")
     model.eval()
@@ -398,10 +399,11 @@ def main():
         del hessians
 
     if not a.no_pipeline:
-        for seed in seeds:
-            s = CompressSettings(**base, bits=4, groups_per_row=1, seed=seed)
-            stats = sketch_pipeline(model, calib, s)
-            record(PIPELINE_LABEL, "sketch pipeline", sketch_bits(targets, 4, 1), stats, seed)
+        for groups in (int(g) for g in a.pipeline_groups.split(",")):
+            for seed in seeds:
+                s = CompressSettings(**base, bits=4, groups_per_row=groups, seed=seed)
+                stats = sketch_pipeline(model, calib, s)
+                record(PIPELINE_LABEL.format(groups=groups), "sketch pipeline", sketch_bits(targets, 4, groups), stats, seed)
         timing = scaling_runs(model, tok, base, scaling, a.scaling_blocks, a.seq_len)
     else:
         timing = []
