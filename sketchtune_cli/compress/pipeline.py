@@ -156,7 +156,7 @@ def _stop_if_requested(done: int, total: int, ckpt: Checkpointer) -> None:
 def compress_block(block, index, linears, inputs, kwargs, settings, device, sketch_fn, dist,
                    on_layer=None, reuse: FinishedOutputs | None = None) -> tuple[dict[str, Sketch], dict[str, dict]]:
     """Sketch one block's linears (already on ``device``), sub-group by sub-group, in place. ``reuse``
-    (entered by the caller) is told which linears are done, so later feeds skip finished children."""
+    (entered by the caller) is told which linears are done, so later feeds reuse what they computed."""
     if not linears:
         return {}, {}
     order = list(linears)  # model order: round-robin owners follow it

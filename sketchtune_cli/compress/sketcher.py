@@ -269,7 +269,7 @@ def _assign_compensated(weights: torch.Tensor, prep: _Prepared, lut: torch.Tenso
 
     The column loop is bound by per-operation dispatch, not arithmetic (benchmarks/compress_profile.md), so
     it issues four operations per column, each writing into a view prepared once per block (``unbind``),
-    and no indexing inside the loop: 2.0-2.4x faster than indexing per column, with the same codes
+    and no indexing inside the loop: 2.7-3.6x faster than indexing per column, with the same codes
     (tests/compress/test_code_assignment.py)."""
     rows, cols = weights.shape
     group_of = (prep.perm // (cols // lut.shape[1])).tolist()  # row-group of each column, coding order
