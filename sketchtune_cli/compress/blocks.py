@@ -217,7 +217,7 @@ class FinishedOutputs:
 def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    import psutil  # accelerate's dependency
+    import psutil
 
     return psutil.virtual_memory().available
 
