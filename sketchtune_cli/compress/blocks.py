@@ -207,7 +207,7 @@ class FinishedOutputs:
             out = forward(*args, **kwargs)
             size = _nbytes(out)
             if self.kept_bytes + size <= self._budget:
-                self._kept[key] = _copied(_detached(out), self._store)
+                self._kept[key] = _copied(out, self._store)
                 self.kept_bytes += size
             return out
 
@@ -230,17 +230,10 @@ def _nbytes(value: Any) -> int:
     return 0
 
 
-def _detached(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_detached(v) for v in value)
-    return value
-
-
 def _copied(value: Any, device) -> Any:
+    """A detached copy of every tensor in ``value`` (also inside tuples and lists), on ``device``."""
     if isinstance(value, torch.Tensor):
-        return value.to(device, copy=True)
+        return value.detach().to(device, copy=True)
     if isinstance(value, (tuple, list)):
         return type(value)(_copied(v, device) for v in value)
     return value
