@@ -9,7 +9,7 @@ import typer
 
 from .artifacts import Manifest, lineage, read_manifest, verify_files
 from .errors import UserError
-from .estimate import estimate_for_spec, human_bytes
+from .estimate import compress_time_estimates, estimate_for_spec, human_bytes, human_seconds
 
 EXAMPLES = """
 Examples:
@@ -110,6 +110,8 @@ def _print_table(info: dict) -> None:
     from rich.table import Table
 
     table = Table(show_header=False, box=None)
+    for device in (info.pop("compress_time_predicted", None) or {}).values():  # compress.cost_model
+        info[f"compress time on {device['device']} (predicted)"] = human_seconds(device["seconds"]["total"])
     for key, value in info.items():
         if key.endswith("_bytes") and isinstance(value, int):
             value = f"{human_bytes(value)} ({value:,} B)"
@@ -126,6 +128,8 @@ def inspect(
     estimate: Optional[str] = typer.Option(None, "--estimate", help="model alias/id/dir: estimate a sketch from its config alone"),
     bits: int = typer.Option(4, "--bits", help="bits per code (2, 3, 4) for --estimate"),
     groups_per_row: int = typer.Option(4, "--groups-per-row", "-g", help="LUTs per row for --estimate"),
+    num_samples: int = typer.Option(128, "--num-samples", min=1, help="calibration sequences, for --estimate's compress time"),
+    seq_len: int = typer.Option(2048, "--seq-len", min=8, help="tokens per calibration sequence, for --estimate's compress time"),
     as_json: bool = typer.Option(False, "--json", help="print JSON on stdout"),
 ):
     """Summarise an artifact (stage, lineage, bits, groups_per_row, parameter counts, bytes, checksums),
@@ -135,7 +139,12 @@ def inspect(
     if estimate is not None:
         if bits not in (2, 3, 4):
             raise UserError(f"--bits must be 2, 3 or 4, got {bits}")
+        from .compress.settings import CompressSettings
+        from .models import load_model_config
+
         info = estimate_for_spec(estimate, bits, groups_per_row).to_dict()
+        settings = CompressSettings(bits=bits, groups_per_row=groups_per_row, num_samples=num_samples, seq_len=seq_len)
+        info["compress_time_predicted"] = compress_time_estimates(load_model_config(estimate), settings)
     else:
         info = summarize(artifact)
     if as_json:

@@ -54,6 +54,7 @@ def dry_run_report(cfg: RunConfig, stages: list[str] | None = None, overwrite: b
         "base_model_bytes": compress.get("base_model_bytes"),
         "finetune_memory_bytes_rough": finetune.get("finetune_memory_bytes_rough"),
         "calibration_tokens": compress.get("calibration_tokens"),
+        "estimates": _estimates(cfg),
         "train_records": finetune.get("train_records"),
         "optimizer_steps": finetune.get("optimizer_steps"),
         "artifact_bytes": {name: plans[name].get("artifact_bytes") for name in STAGES},
@@ -62,11 +63,28 @@ def dry_run_report(cfg: RunConfig, stages: list[str] | None = None, overwrite: b
     return report, problems
 
 
+def _estimates(cfg: RunConfig) -> dict:
+    """Each stage's dry-run-only predictions (``Stage.estimate``); a stage whose model cannot be read has
+    none (the problem is already in the report)."""
+    from . import stages as stage_api
+
+    out = {}
+    for name in STAGES:
+        stage = stage_api.get(name)
+        if stage.estimate is None:
+            continue
+        try:
+            out[name] = stage.estimate(cfg)
+        except UserError:
+            out[name] = {}
+    return out
+
+
 def _print_dry_run(cfg: RunConfig, report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .estimate import human_bytes
+    from .estimate import human_bytes, human_seconds
 
     console = Console(stderr=True)
     console.print("[bold]resolved config[/bold]")
@@ -82,6 +100,8 @@ def _print_dry_run(cfg: RunConfig, report: dict) -> None:
         table.add_row("dense model (bf16)", human_bytes(sk["dense_model_bytes"]))
         table.add_row("bits per sketched weight", f"{sk['bits_per_weight']:.3f}")
     table.add_row("calibration tokens", f"{report['calibration_tokens'] or 0:,}")
+    for device in report["estimates"].get("compress", {}).get("compress_time", {}).values():  # compress.cost_model
+        table.add_row(f"compress time on {device['device']} (predicted)", human_seconds(device["seconds"]["total"]))
     table.add_row("training records", "unknown (see the problems)" if report["train_records"] is None else f"{report['train_records']:,}")
     table.add_row("optimizer steps", "unknown" if report["optimizer_steps"] is None else f"{report['optimizer_steps']:,}")
     mem = report["finetune_memory_bytes_rough"]

@@ -4,7 +4,8 @@ the preflight can drive the stages without knowing their internals.
 Each stage package has an ``interface`` module with one ``STAGE`` object: the config sections it reads,
 the keys among them that do not change its results (used by `run`'s skip-if-current test *and* by the
 stage's own resume fingerprint), ``check`` (the preflight's problem list), ``plan`` (dry-run numbers and
-the artifact size the disk check needs), ``run`` and ``headline``."""
+the artifact size the disk check needs), ``run``, ``headline`` and optionally ``estimate`` (dry-run
+predictions that cost a device probe)."""
 from __future__ import annotations
 
 import importlib
@@ -52,6 +53,8 @@ class Stage:
     plan: Callable  # (cfg, job) -> dict: what it will do; "artifact_bytes" for the disk check
     run: Callable  # (cfg, job, parent manifest | None) -> artifact path
     headline: Callable  # (manifest) -> dict: the few numbers a person wants
+    # (cfg) -> dict: predictions only a dry run shows, too slow for every run's preflight (a device probe)
+    estimate: Callable | None = None
 
     def results_config(self, config: dict) -> dict:
         return results_config(self.sections, self.result_free, config)

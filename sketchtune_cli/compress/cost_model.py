@@ -1,40 +1,185 @@
-"""Arithmetic per sketcher phase for one layer (issue 21's cost model): divided by a phase's measured time
-(``timing``) it gives the achieved rate, i.e. how far each phase runs from the hardware's speed.
+"""What compress costs, counted from shapes alone, and how long that takes on a device (issue 21).
 
-Counts are floating-point operations (a multiply-add = 2) of the dominant terms, leading order only; the
-sparse refit product and the scatters count one add per element. Bytes are not modelled: at these shapes
-the dense products are compute-bound and the refit's sparse product reads one row of H per nonzero
-(``rows * cols`` rows of ``cols`` floats), which is what bounds it.
+Each phase of sketching one layer (``prepare``, ``kmeans``, ``codes``, ``refit``, ``objective``, ``error``,
+the names of the ``timing`` markers) and of feeding one decoder block (``forward``, ``hessian``) is counted
+as :class:`Work`: amounts of the primitives that :class:`.device_rates.Rates` gives speeds for (dense flops,
+factorisation flops, streamed bytes, sorted elements, sparse multiply-adds, scattered elements, dispatched
+operations). Predicted seconds = sum of amount / rate. Counts follow the code, leading terms only; the
+operation counts per column, per k-means step and per refit round were read off a dispatch counter
+(``tests/compress/test_cost_model.py`` re-counts them). What a count cannot know before the run is assumed
+and named: the k-means iterations Lloyd needs (:data:`ASSUMED_KMEANS_ITERATIONS`).
+
+Validated against measured phase times at several layer shapes in benchmarks/cost_model.md.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass, fields
+
+from .device_rates import Rates
 from .settings import CompressSettings
+
+LAYER_PHASES = ("prepare", "kmeans", "codes", "refit", "objective", "error")
+BLOCK_PHASES = ("forward", "hessian")
+# Lloyd iterations per (row, group) problem until the tolerance stops it: 13-15 on the embedded model's
+# layers at 4 bits, 5-33 on Gaussian rows in the dispatch count; the default ceiling (100) is never reached.
+ASSUMED_KMEANS_ITERATIONS = 20
+_KMEANS_CHUNK_BYTES = 512 * 2 ** 20  # kmeans.weighted_kmeans_1d's max_chunk_bytes and bytes per element
+_KMEANS_BYTES_PER_ELEMENT = 48
+_REFIT_CHUNK_BYTES = 256 * 2 ** 20  # refit._CHUNK_BYTES
+
+
+@dataclass
+class Work:
+    """Amounts of each primitive (the fields of ``Rates`` without name/source; ``ops`` counts dispatches)."""
+
+    gemm: float = 0.0
+    forward: float = 0.0
+    factor: float = 0.0
+    small_factor: float = 0.0
+    bytes: float = 0.0
+    sort: float = 0.0
+    sparse: float = 0.0
+    sparse_out: float = 0.0
+    scatter: float = 0.0
+    steps: float = 0.0
+    loop: float = 0.0
+    ops: float = 0.0
+    cols: int = 0  # H's size: the factorisation's speed and whether the refit's H rows stay in cache depend on it
+
+    def __add__(self, other: "Work") -> "Work":
+        return Work(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "cols"},
+                    cols=max(self.cols, other.cols))
+
+    def __mul__(self, times: float) -> "Work":
+        return Work(**{f.name: getattr(self, f.name) * times for f in fields(self) if f.name != "cols"}, cols=self.cols)
+
+    def flops(self) -> float:
+        return self.gemm + self.forward + self.factor + self.small_factor
+
+    def seconds(self, rates: Rates) -> float:
+        # beyond the cache each nonzero streams its H row from memory
+        sparse = self.sparse / (rates.sparse if 4.0 * self.cols ** 2 <= rates.cache else rates.sparse_stream)
+        factor = self.factor / rates.factor_rate(self.cols) if self.factor else 0.0
+        return (self.gemm / rates.gemm + self.forward / rates.forward + factor + sparse
+                + self.small_factor / rates.small_factor + self.bytes / rates.bandwidth + self.sort / rates.sort
+                + self.sparse_out / rates.sparse_out + self.scatter / rates.scatter + self.steps / rates.steps + self.loop / rates.loop
+                + self.ops * rates.op)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_work(rows: int, cols: int, s: CompressSettings, refit_rounds: int | None = None,
+               kmeans_iterations: int | None = None) -> dict[str, Work]:
+    """Work per phase of ``sketch_layer`` on a ``rows x cols`` weight with settings ``s``. ``refit_rounds`` /
+    ``kmeans_iterations``: what a run used (defaults: the settings' rounds, :data:`ASSUMED_KMEANS_ITERATIONS`)."""
+    R, C, G, k = rows, cols, s.groups_per_row, 2 ** s.bits
+    rounds = s.lut_refit_rounds if refit_rounds is None else refit_rounds
+    iters = ASSUMED_KMEANS_ITERATIONS if kmeans_iterations is None else kmeans_iterations
+    assignments = 1 + max(rounds - 1, 0)  # once after k-means, again before every refit round but the first
+    return {
+        # Cholesky of the damped H (C^3/3), the inverse from it (2C^3/3), Cholesky of the inverse (C^3/3);
+        # ~10 C x C float32 copies (clone, act-order gathers, the factors)
+        "prepare": Work(factor=4 / 3 * C ** 3, bytes=40.0 * C * C, ops=50, cols=C),
+        "kmeans": kmeans_work(R, C, G, k, iters, s.kmeans_restarts),
+        "codes": codes_work(R, C, s.block_size) * assignments,
+        "refit": refit_work(R, C, G * k, rounds),
+        # tr((W-Q) H (W-Q)^T): one dense product and a few passes over the rows, before and after each round
+        "objective": (Work(gemm=2.0 * R * C * C, bytes=32.0 * R * C, ops=11 * math.ceil(R / 1024)) * (rounds + 1)
+                      if rounds else Work()),
+        "error": Work(gemm=4.0 * R * C * C, bytes=40.0 * R * C, ops=42),  # dW H and W H, the dequant
+    }
+
+
+def kmeans_work(R: int, C: int, G: int, k: int, iters: int, restarts: int) -> Work:
+    """One sort of every (row, group), ~360 bytes per weight of float64 prefix sums and passes (counted from
+    kmeans.py), then per chunk of rows: greedy k-means++ (k-1 steps of ~106 operations plus a bisection of
+    ~28 per halving over the group's n values, on [B, trials] tensors) and Lloyd (46 operations per
+    iteration on [B, k] tensors). Their elements cost more with the group's size: the searches take log2(n)
+    steps and the gathers land in longer prefix-sum rows (the probe's rate is at n = 128, log2 = 7)."""
+    n, weights, problems = C // G, R * C, R * G
+    trials = 2 + int(math.log(k))
+    chunks = math.ceil(R / max(1, _KMEANS_CHUNK_BYTES // (_KMEANS_BYTES_PER_ELEMENT * C)))
+    init_ops = (k - 1) * (106 + 28 * math.ceil(math.log2(n + 1)))
+    depth = math.log2(max(n, 2)) / 7
+    per_run = Work(steps=float(problems) * (init_ops * trials + 46 * iters * k) * depth,
+                   ops=chunks * (init_ops + 46 * iters + 13))
+    sort_scale = math.log2(max(n, 2)) / 10  # the probe sorts 1024-element rows
+    return Work(sort=weights * sort_scale, bytes=360.0 * weights, ops=31) + per_run * restarts
+
+
+def codes_work(R: int, C: int, block: int) -> Work:
+    """One error-compensated assignment: the lazy updates are R*C^2 flops (multiply-adds over the upper
+    triangle) plus the in-block ones; ~6.45 dispatches per column (5 in the loop, the rest per 32-column
+    inner block); per column a rank-1 update of up to 32 transposed rows and a few [R] vectors."""
+    return Work(gemm=R * C * C + 2.0 * R * C * block, loop=float(R) * C, ops=6.45 * C)
+
+
+def refit_work(R: int, C: int, slots: int, rounds: int) -> Work:
+    """Per round and row: the sparse A^T H (C nonzeros times C columns), its scatter into the slots x slots
+    normal matrix, a batched Cholesky solve, the CSR build (a sort of the row's slots) and ~53 dispatches per
+    row chunk; once per layer the dense H w and the shrunk H."""
+    if not rounds:
+        return Work()
+    chunks = math.ceil(R / max(1, min(R, _REFIT_CHUNK_BYTES // (4 * slots * C))))
+    per_round = Work(sparse=float(R) * C * C, sparse_out=float(R) * slots * C, scatter=float(R) * slots * C, small_factor=R * slots ** 3 / 3,
+                     sort=float(R) * C, bytes=8.0 * R * slots * C + 4.0 * R * slots * slots, ops=53 * chunks, cols=C)
+    return per_round * rounds + Work(gemm=2.0 * R * C * C, bytes=20.0 * C * C, ops=20)
+
+
+def block_work(hidden: int, intermediate: int, heads: int, kv_heads: int, tokens: int, seq_len: int,
+               forward_bytes_per_value: int = 4) -> dict[str, Work]:
+    """Feeding one Llama-style decoder block its calibration tokens (the layer pipeline with kept outputs:
+    every module computes once, docs/architecture.md) and collecting its four Hessians (q/k/v's, o's,
+    gate/up's inputs: ``hidden``; down's: ``intermediate``) in float32."""
+    kv = hidden * kv_heads // heads
+    params = hidden * (hidden + 2 * kv) + hidden * hidden + 3 * hidden * intermediate
+    # QK^T and AV, 2 flops per multiply-add, the causal mask's half counted too (measured on CPU: SDPA's time
+    # matches the full count at the matmul rate; on a GPU, where flash attention skips it, this over-counts
+    # a phase that is ~7% of a Llama-3-8B block)
+    attention = 4.0 * tokens * seq_len * hidden
+    # norms, rotary, SiLU*up, residuals and the kept outputs copied back: ~(20 h + 10 i) values per token
+    elementwise = float(tokens) * (20 * hidden + 10 * intermediate) * forward_bytes_per_value
+    hess_cols = (hidden, hidden, hidden, intermediate)
+    return {
+        "forward": Work(forward=2.0 * tokens * params + attention, bytes=elementwise),
+        "hessian": Work(gemm=sum(2.0 * tokens * c * c for c in hess_cols),
+                        bytes=sum(12.0 * tokens * c for c in hess_cols)),
+    }
+
+
+def block_layers(hidden: int, intermediate: int, heads: int, kv_heads: int) -> list[tuple[int, int]]:
+    """(rows, cols) of a Llama-style block's seven linears: q, k, v, o, gate, up, down."""
+    kv = hidden * kv_heads // heads
+    return [(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden),
+            (intermediate, hidden), (intermediate, hidden), (hidden, intermediate)]
+
+
+def predict_compress(config, s: CompressSettings, rates: Rates) -> dict:
+    """Predicted seconds per phase (and ``total``) for compressing a Llama-style model with ``config`` (a
+    transformers config: hidden_size, intermediate_size, num_attention_heads, num_key_value_heads,
+    num_hidden_layers) on a device with ``rates``, one process. Leaves out loading and saving."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    blocks = config.num_hidden_layers
+    forward_bytes = 4 if "CPU" in rates.name else 2  # compress runs the model in float32 on CPU, bf16 on GPU
+    per_block = {p: w.seconds(rates) for p, w in block_work(hidden, inter, heads, kv_heads, s.num_samples * s.seq_len,
+                                                              s.seq_len, forward_bytes).items()}
+    for rows, cols in block_layers(hidden, inter, heads, kv_heads):
+        for p, w in layer_work(rows, cols, s).items():
+            per_block[p] = per_block.get(p, 0.0) + w.seconds(rates)
+    seconds = {p: v * blocks for p, v in per_block.items()}
+    seconds["total"] = sum(seconds.values())
+    return seconds
 
 
 def layer_flops(rows: int, cols: int, s: CompressSettings, refit_rounds: int | None = None,
                 kmeans_iterations: int | None = None) -> dict[str, float]:
-    """Leading-order flops per phase for sketching a ``rows x cols`` layer with settings ``s``;
-    ``refit_rounds`` / ``kmeans_iterations``: what the run used (defaults: the settings' maxima)."""
-    k = 2 ** s.bits
-    slots = s.groups_per_row * k
-    rounds = s.lut_refit_rounds if refit_rounds is None else refit_rounds
-    iters = s.kmeans_iters if kmeans_iterations is None else kmeans_iterations
-    assignments = 1 + max(rounds - 1, 0)  # once after k-means, again before every refit round but the first
-    return {
-        # Cholesky of the damped H (C^3/3), the inverse from it (~2C^3/3), Cholesky of H^-1 (C^3/3)
-        "prepare": 4 / 3 * cols ** 3,
-        # per iteration and start: distances to k centroids and the weighted centroid update, per weight
-        "kmeans": 4.0 * iters * s.kmeans_restarts * rows * cols * k,
-        # GPTQ: the lazy trailing updates sum to rows*cols^2 multiply-adds over the upper triangle (= rows*cols^2
-        # flops), the in-block updates rows*cols*block, the nearest-value search rows*cols*k
-        "codes": assignments * (rows * cols ** 2 + 2.0 * rows * cols * s.block_size + rows * cols * k),
-        # per round: sparse A^T H (rows*cols^2 adds), the M scatter (rows*slots*cols), the batched Cholesky
-        # solve (rows*slots^3/3); once: H w (2 rows*cols^2)
-        "refit": (rounds * (rows * cols ** 2 + rows * slots * cols + rows * slots ** 3 / 3) + 2.0 * rows * cols ** 2
-                  if rounds else 0.0),
-        "objective": (rounds + 1) * 2.0 * rows * cols ** 2 if rounds else 0.0,
-        "error": 4.0 * rows * cols ** 2,  # dW H and W H
-    }
+    """Floating-point operations per phase (dense, factorisation and sparse multiply-adds; a multiply-add =
+    2 for dense products, 1 for the sparse one): divided by a phase's measured time, the achieved rate."""
+    return {p: w.flops() + w.sparse for p, w in layer_work(rows, cols, s, refit_rounds, kmeans_iterations).items()}
 
 
 def hessian_flops(tokens: int, cols: int) -> float:

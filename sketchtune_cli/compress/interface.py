@@ -7,7 +7,6 @@ from .settings import RESULT_FREE, SECTIONS
 from .calibration import calib_problems
 
 
-
 def check(cfg, job) -> list[str]:
     problems = preflight.model_problems(cfg.model.name)
     if not problems:  # groups_per_row must divide every sketched layer
@@ -25,6 +24,14 @@ def plan(cfg, job) -> dict:
             "artifact_bytes": est.base_model_bytes}
 
 
+def estimate(cfg) -> dict:
+    """Predicted compress time on this machine (probed) and the named GPUs (compress.cost_model)."""
+    from ..estimate import compress_time_estimates
+    from ..models import load_model_config
+
+    return {"compress_time": compress_time_estimates(load_model_config(cfg.model.name), cfg.compress)}
+
+
 def run(cfg, job, parent):
     from .stage import run_compress
 
@@ -38,4 +45,4 @@ def headline(manifest) -> dict:
         {"wall_s": r["wall_seconds"]} if "wall_seconds" in r else {})
 
 
-STAGE = Stage("compress", "sketch", None, SECTIONS, RESULT_FREE, check, plan, run, headline)
+STAGE = Stage("compress", "sketch", None, SECTIONS, RESULT_FREE, check, plan, run, headline, estimate)

@@ -85,6 +85,9 @@ def test_dry_run_math_offline(capsys, tmp_path, monkeypatch):
     report = json.loads(stdout)
     assert report["trainable_params"] == 88_080_384 and report["sketch"]["sketched_layers"] == 224
     assert "88,080,384" in err
+    # the cost model's compress time: this machine (probed) and the named GPUs (tests/compress/test_cost_model.py)
+    predicted = report["estimates"]["compress"]["compress_time"]
+    assert predicted["h200"]["seconds"]["total"] > 0 and "compress time on H200 SXM (predicted)" in err
 
 
 @pytest.mark.parametrize(
