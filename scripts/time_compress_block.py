@@ -23,6 +23,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sketchtune_cli.compress import timing  # noqa: E402
+from sketchtune_cli.compress.cost_model import block_layers, block_work, layer_work  # noqa: E402
+from sketchtune_cli.compress.device_rates import GPUS, measure_rates  # noqa: E402
 from sketchtune_cli.compress.pipeline import compress_model, resolve_device  # noqa: E402
 from sketchtune_cli.compress.settings import CompressSettings  # noqa: E402
 from sketchtune_cli.config import parse_override  # noqa: E402
@@ -82,16 +85,21 @@ def main(argv=None) -> int:
                        "rel_error": stats.get("rel_error")})
         print(f"block {index + 1}/{total} {layers[-1]['layer']}: sketch {stats.get('seconds', 0):.1f}s", file=sys.stderr, flush=True)
 
+    rates = measure_rates(device.type)  # the cost model's probe, on this device (compress/device_rates.py)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    compress_model(model, ids, settings, device, on_layer=on_layer)
+    with timing.collect(sync=cuda) as phases:
+        compress_model(model, ids, settings, device, on_layer=on_layer)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    predicted = predicted_phases(a, settings, rates)
+    table_rates = next((r for key, r in GPUS.items() if cuda and key in report_name(device).lower()), None)
+    from_table = predicted_phases(a, settings, table_rates) if table_rates else {}
     per_block = seconds / a.blocks
     report = {
-        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "device": report_name(device),
         "torch": torch.__version__,
         "shape": {"hidden": a.hidden, "intermediate": a.intermediate, "heads": a.heads, "kv_heads": a.kv_heads},
         "calibration": {"samples": a.samples, "seq_len": a.seq_len},
@@ -101,7 +109,15 @@ def main(argv=None) -> int:
         f"est_{a.model_layers}_layers_s": per_block * a.model_layers,
         "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
         "layers": layers,
+        "phases_measured_s": phases.seconds,
+        "phases_predicted_s": predicted, "probe_rates": rates.to_dict(),
+        "phases_predicted_from_spec_sheet_s": from_table,
     }
+    print("\n| phase | measured s | predicted (probe) s | predicted (spec sheet) s |\n|---|---:|---:|---:|", file=sys.stderr)
+    for phase, p in predicted.items():
+        m = phases.seconds.get(phase, 0.0)
+        sheet = f"{from_table[phase]:.1f}" if from_table else "-"
+        print(f"| {phase} | {m:.1f} | {p:.1f} | {sheet} |", file=sys.stderr)
     print(f"\n| layer | sketch s | rel. error |\n|---|---:|---:|", file=sys.stderr)
     for row in layers:
         print(f"| {row['block']}.{row['layer']} | {row['sketch_s']:.1f} | {row['rel_error']:.4g} |", file=sys.stderr)
@@ -113,6 +129,21 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(report, indent=1))
     print(out)
     return 0
+
+
+def report_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def predicted_phases(a, settings, rates) -> dict:
+    """The cost model's seconds per phase for the timed blocks (compress/cost_model.py)."""
+    tokens = a.samples * a.seq_len
+    out = {p: w.seconds(rates) * a.blocks for p, w in block_work(a.hidden, a.intermediate, a.heads, a.kv_heads, tokens,
+                                                                 a.seq_len, 2 if a.dtype == "bfloat16" else 4).items()}
+    for rows, cols in block_layers(a.hidden, a.intermediate, a.heads, a.kv_heads):
+        for p, w in layer_work(rows, cols, settings).items():
+            out[p] = out.get(p, 0.0) + w.seconds(rates) * a.blocks
+    return out
 
 
 if __name__ == "__main__":
