@@ -2,9 +2,10 @@
 
 Each phase of sketching one layer (``prepare``, ``kmeans``, ``codes``, ``refit``, ``objective``, ``error``,
 the names of the ``timing`` markers) and of feeding one decoder block (``forward``, ``hessian``) is counted
-as :class:`Work`: amounts of the primitives that :class:`.device_rates.Rates` gives speeds for (dense flops,
-factorisation flops, streamed bytes, sorted elements, sparse multiply-adds, scattered elements, dispatched
-operations). Predicted seconds = sum of amount / rate. Counts follow the code, leading terms only; the
+as :class:`Work`: amounts of the primitives that :class:`Rates` gives speeds for (dense flops,
+factorisation flops, streamed bytes, sorted elements, sparse multiply-adds, k-means step elements,
+column-loop elements, dispatched operations; ``device_rates`` says where a device's rates come from).
+Predicted seconds = sum of amount / rate. Counts follow the code, leading terms only; the
 operation counts per column, per k-means step and per refit round were read off a dispatch counter
 (``tests/compress/test_cost_model.py`` re-counts them). What a count cannot know before the run is assumed
 and named: the k-means iterations Lloyd needs (:data:`ASSUMED_KMEANS_ITERATIONS`).
@@ -16,17 +17,47 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from .device_rates import Rates
+from .kmeans import _BYTES_PER_ELEMENT as _KMEANS_BYTES_PER_ELEMENT
+from .refit import _CHUNK_BYTES as _REFIT_CHUNK_BYTES
 from .settings import CompressSettings
 
 LAYER_PHASES = ("prepare", "kmeans", "codes", "refit", "objective", "error")
 BLOCK_PHASES = ("forward", "hessian")
 # Lloyd iterations per (row, group) problem until the tolerance stops it: 13-15 on the embedded model's
-# layers at 4 bits, 5-33 on Gaussian rows in the dispatch count; the default ceiling (100) is never reached.
+# layers at 4 bits, 18-42 on Gaussian rows (benchmarks/cost_model.md); the default ceiling (100) is rarely reached.
 ASSUMED_KMEANS_ITERATIONS = 20
-_KMEANS_CHUNK_BYTES = 512 * 2 ** 20  # kmeans.weighted_kmeans_1d's max_chunk_bytes and bytes per element
-_KMEANS_BYTES_PER_ELEMENT = 48
-_REFIT_CHUNK_BYTES = 256 * 2 ** 20  # refit._CHUNK_BYTES
+_KMEANS_CHUNK_BYTES = 512 * 2 ** 20  # what the sketcher leaves weighted_kmeans_1d's max_chunk_bytes at
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Primitive speeds; the cost model divides its counted work by them."""
+
+    name: str
+    gemm: float  # float32 dense matmul, flop/s (Hessians, GPTQ's lazy updates, the objective)
+    forward: float  # the block forward's matmuls in the dtype compress runs the model in, flop/s
+    factor: float  # Cholesky, inverse-from-Cholesky, Cholesky of one large matrix: flop/s as n grows large
+    factor_half: float  # ... and the n at which it runs at half that (Hockney's n-half: blocked LAPACK
+    #                     approaches its GEMM speed as the matrix grows)
+    small_factor: float  # batched Cholesky of many (G*k)-sized systems (the refit's solve), flop/s
+    bandwidth: float  # streamed bytes/s of elementwise work, from main memory
+    cache: float  # bytes of the last-level cache: an operand re-read per row (H) beyond it streams from memory
+    sort: float  # elements/s of a row-wise sort of ~1k-element rows
+    sparse: float  # CSR @ dense, (nonzero x dense column) multiply-adds/s (the refit's A^T H), H in cache
+    sparse_stream: float  # the same with H beyond the cache: each nonzero streams its H row from memory
+    sparse_out: float  # output elements/s of that product (rows x slots x cols, written whatever the nonzeros)
+    scatter: float  # elements/s of scatter_add (the refit's M)
+    steps: float  # k-means step elements/s: searches, gathers and arithmetic on [problems, k] tensors
+    loop: float  # column-loop elements/s: the code assignment's per-column vector work, per row and column
+    op: float  # seconds per dispatched operation in a Python-driven loop of small ones (the column loop)
+    source: str
+
+    def factor_rate(self, n: int) -> float:
+        """Flop/s of the prepare chain on an ``n x n`` matrix."""
+        return self.factor * n / (n + self.factor_half)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """How fast a device does the few primitive operations compress is made of (the cost model's denominators).
 
-Two sources: a probe that times each primitive on this process's device in about half a second (what
+Two sources: a probe that times each primitive on this process's device in ~2 s on 2 CPU cores (what
 ``run --dry-run`` and ``inspect --estimate`` use for "this machine"), and a table of named GPUs built from
 their spec sheets times an efficiency we assume (stated per entry: no GPU has run the probe for the table
 yet; ``scripts/time_compress_block.py`` prints the probe next to the measured phases when one does).
@@ -8,42 +8,13 @@ yet; ``scripts/time_compress_block.py`` prints the probe next to the measured ph
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
-
-@dataclass(frozen=True)
-class Rates:
-    """Primitive speeds; the cost model divides its counted work by them."""
-
-    name: str
-    gemm: float  # float32 dense matmul, flop/s (Hessians, GPTQ's lazy updates, the objective)
-    forward: float  # the block forward's matmuls in the dtype compress runs the model in, flop/s
-    factor: float  # Cholesky, inverse-from-Cholesky, Cholesky of one large matrix: flop/s as n grows large
-    factor_half: float  # ... and the n at which it runs at half that (Hockney's n-half: blocked LAPACK
-    #                     approaches its GEMM speed as the matrix grows)
-    small_factor: float  # batched Cholesky of many (G*k)-sized systems (the refit's solve), flop/s
-    bandwidth: float  # streamed bytes/s of elementwise work, from main memory
-    cache: float  # bytes of the last-level cache: an operand re-read per row (H) beyond it streams from memory
-    sort: float  # elements/s of a row-wise sort of ~1k-element rows
-    sparse: float  # CSR @ dense, (nonzero x dense column) multiply-adds/s (the refit's A^T H), H in cache
-    sparse_stream: float  # the same with H beyond the cache: each nonzero streams its H row from memory
-    sparse_out: float  # output elements/s of that product (rows x slots x cols, written whatever the nonzeros)
-    scatter: float  # elements/s of scatter_add (the refit's M)
-    steps: float  # k-means step elements/s: searches, gathers and arithmetic on [problems, k] tensors
-    loop: float  # column-loop elements/s: the code assignment's per-column vector work, per row and column
-    op: float  # seconds per dispatched operation in a Python-driven loop of small ones (the column loop)
-    source: str
-
-    def factor_rate(self, n: int) -> float:
-        """Flop/s of the prepare chain on an ``n x n`` matrix."""
-        return self.factor * n / (n + self.factor_half)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .cost_model import Rates, codes_work, kmeans_work
 
 
 def _gpu(name: str, fp32: float, bf16: float, hbm: float, l2: float, note: str) -> Rates:
@@ -98,9 +69,10 @@ def _best_seconds(fn, device: str, reps: int = 3) -> float:
 
 @lru_cache(maxsize=None)
 def measure_rates(device: str = "cpu") -> Rates:
-    """Times each primitive once on ``device`` (~0.6 s on 2 CPU cores; cached per process). Sizes are
-    small so the probe stays cheap: rates of cache-resident operands, which the validation in
-    benchmarks/cost_model.md checks against whole phases at real layer shapes."""
+    """Times each primitive on ``device`` (~2 s on 2 CPU cores; cached per process). Sizes are small so the
+    probe stays cheap, except where the cache decides the speed (memory bandwidth, the refit's product with
+    an H beyond the cache); benchmarks/cost_model.md checks the result against whole phases at real layer
+    shapes."""
     from .refit import _one_hot_transposed
 
     dev = torch.device(device)
@@ -190,7 +162,6 @@ def _column_loop_rates(dev, gen, spd: torch.Tensor, rates: Rates) -> tuple[float
     (dispatch plus the Python around it, then the per-row vector work): two small instances of the loop
     itself, 64 and 512 rows x 512 columns, less their lazy-update arithmetic; the difference gives the
     per-row cost, the rest the per-operation cost."""
-    from .cost_model import codes_work
     from .settings import CompressSettings
     from .sketcher import _assign_codes, _prepare
 
@@ -214,7 +185,6 @@ def _kmeans_step_rate(dev, gen, rates: Rates) -> float:
     """k-means step elements per second: a small instance of the sketcher's k-means (256 rows x 4 groups x
     128 values, 16 centroids), less what the cost model bills to the other primitives, over its counted
     step elements."""
-    from .cost_model import kmeans_work
     from .kmeans import weighted_kmeans_1d
 
     rows, groups, n, k = 256, 4, 128, 16

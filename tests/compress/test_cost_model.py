@@ -15,8 +15,8 @@ from helpers import run_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sketchtune_cli.compress import timing
-from sketchtune_cli.compress.cost_model import LAYER_PHASES, Work, layer_work, predict_compress
-from sketchtune_cli.compress.device_rates import GPUS, Rates, measure_rates, named_rates
+from sketchtune_cli.compress.cost_model import LAYER_PHASES, Rates, Work, layer_work, predict_compress
+from sketchtune_cli.compress.device_rates import GPUS, measure_rates, named_rates
 from sketchtune_cli.compress.settings import CompressSettings
 from sketchtune_cli.compress.sketcher import sketch_layer
 
