@@ -141,7 +141,7 @@ def predicted_phases(a, settings, rates) -> dict:
     out = {p: w.seconds(rates) * a.blocks for p, w in block_work(a.hidden, a.intermediate, a.heads, a.kv_heads, tokens,
                                                                  a.seq_len, 2 if a.dtype == "bfloat16" else 4).items()}
     for rows, cols in block_layers(a.hidden, a.intermediate, a.heads, a.kv_heads):
-        for p, w in layer_work(rows, cols, settings).items():
+        for p, w in layer_work(rows, cols, settings, gpu=rates.gpu).items():
             out[p] = out.get(p, 0.0) + w.seconds(rates) * a.blocks
     return out
 

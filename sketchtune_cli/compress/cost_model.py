@@ -51,6 +51,7 @@ class Rates:
     loop: float  # column-loop elements/s: the code assignment's per-column vector work, per row and column
     op: float  # seconds per dispatched operation in a Python-driven loop of small ones (the column loop)
     source: str
+    gpu: bool = False  # a CUDA device: compress runs the model in bf16 and the refit's dense product there
 
     def factor_rate(self, n: int) -> float:
         """Flop/s of the prepare chain on an ``n x n`` matrix."""
@@ -102,9 +103,10 @@ class Work:
 
 
 def layer_work(rows: int, cols: int, s: CompressSettings, refit_rounds: int | None = None,
-               kmeans_iterations: int | None = None) -> dict[str, Work]:
+               kmeans_iterations: int | None = None, gpu: bool = False) -> dict[str, Work]:
     """Work per phase of ``sketch_layer`` on a ``rows x cols`` weight with settings ``s``. ``refit_rounds`` /
-    ``kmeans_iterations``: what a run used (defaults: the settings' rounds, :data:`ASSUMED_KMEANS_ITERATIONS`)."""
+    ``kmeans_iterations``: what a run used (defaults: the settings' rounds, :data:`ASSUMED_KMEANS_ITERATIONS`);
+    ``gpu``: on a CUDA device (where ``refit_product: auto`` means the dense product)."""
     R, C, G, k = rows, cols, s.groups_per_row, 2 ** s.bits
     rounds = s.lut_refit_rounds if refit_rounds is None else refit_rounds
     iters = ASSUMED_KMEANS_ITERATIONS if kmeans_iterations is None else kmeans_iterations
@@ -115,7 +117,7 @@ def layer_work(rows: int, cols: int, s: CompressSettings, refit_rounds: int | No
         "prepare": Work(factor=4 / 3 * C ** 3, bytes=40.0 * C * C, ops=50, cols=C),
         "kmeans": kmeans_work(R, C, G, k, iters, s.kmeans_restarts),
         "codes": codes_work(R, C, s.block_size) * assignments,
-        "refit": refit_work(R, C, G * k, rounds),
+        "refit": refit_work(R, C, G, k, rounds, dense_refit(s, gpu)),
         # tr((W-Q) H (W-Q)^T): one dense product and a few passes over the rows, before and after each round
         "objective": (Work(gemm=2.0 * R * C * C, bytes=32.0 * R * C, ops=11 * math.ceil(R / 1024)) * (rounds + 1)
                       if rounds else Work()),
@@ -147,15 +149,26 @@ def codes_work(R: int, C: int, block: int) -> Work:
     return Work(gemm=R * C * C + 2.0 * R * C * block, loop=float(R) * C, ops=6.45 * C)
 
 
-def refit_work(R: int, C: int, slots: int, rounds: int) -> Work:
-    """Per round and row: the sparse A^T H (C nonzeros times C columns), its scatter into the slots x slots
-    normal matrix, a batched Cholesky solve, the CSR build (a sort of the row's slots) and ~53 dispatches per
-    row chunk; once per layer the dense H w and the shrunk H."""
+def dense_refit(s: CompressSettings, gpu: bool) -> bool:
+    """Whether the refit forms A^T H by dense GEMMs (sketcher.refit_product's rule)."""
+    return s.refit_product == "dense" or (s.refit_product == "auto" and gpu)
+
+
+def refit_work(R: int, C: int, G: int, k: int, rounds: int, dense: bool = False) -> Work:
+    """Per round and row: A^T H (sparse: C nonzeros times C columns and the output written; dense: one
+    one-hot GEMM per group, 2 k C^2 flops), its scatter into the slots x slots normal matrix, a batched
+    Cholesky solve, the CSR build (a sort of the row's slots) and ~53 dispatches per row chunk; once per
+    layer the dense H w and the shrunk H."""
     if not rounds:
         return Work()
+    slots = G * k
     chunks = math.ceil(R / max(1, min(R, _REFIT_CHUNK_BYTES // (4 * slots * C))))
-    per_round = Work(sparse=float(R) * C * C, sparse_out=float(R) * slots * C, scatter=float(R) * slots * C, small_factor=R * slots ** 3 / 3,
-                     sort=float(R) * C, bytes=8.0 * R * slots * C + 4.0 * R * slots * slots, ops=53 * chunks, cols=C)
+    if dense:  # G GEMMs of [R k, C/G] x [C/G, C]
+        product = Work(gemm=2.0 * k * R * C * C, bytes=4.0 * R * slots * C, ops=14 * G * chunks)
+    else:
+        product = Work(sparse=float(R) * C * C, sparse_out=float(R) * slots * C, sort=float(R) * C, cols=C)
+    per_round = product + Work(scatter=float(R) * slots * C, small_factor=R * slots ** 3 / 3,
+                     bytes=8.0 * R * slots * C + 4.0 * R * slots * slots, ops=53 * chunks, cols=C)
     return per_round * rounds + Work(gemm=2.0 * R * C * C, bytes=20.0 * C * C, ops=20)
 
 
@@ -195,11 +208,11 @@ def predict_compress(config, s: CompressSettings, rates: Rates) -> dict:
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     blocks = config.num_hidden_layers
-    forward_bytes = 4 if "CPU" in rates.name else 2  # compress runs the model in float32 on CPU, bf16 on GPU
+    forward_bytes = 2 if rates.gpu else 4  # compress runs the model in bf16 on a GPU, float32 on a CPU
     per_block = {p: w.seconds(rates) for p, w in block_work(hidden, inter, heads, kv_heads, s.num_samples * s.seq_len,
                                                               s.seq_len, forward_bytes).items()}
     for rows, cols in block_layers(hidden, inter, heads, kv_heads):
-        for p, w in layer_work(rows, cols, s).items():
+        for p, w in layer_work(rows, cols, s, gpu=rates.gpu).items():
             per_block[p] = per_block.get(p, 0.0) + w.seconds(rates)
     seconds = {p: v * blocks for p, v in per_block.items()}
     seconds["total"] = sum(seconds.values())

@@ -30,7 +30,7 @@ def _gpu(name: str, fp32: float, bf16: float, hbm: float, l2: float, note: str) 
                  small_factor=0.02 * fp32, bandwidth=bw, cache=l2, sort=bw / 32, sparse=bw / 4, sparse_stream=bw / 4,
                  sparse_out=bw / 8, scatter=bw / 12, steps=bw / 64, loop=bw / 216,
                  op=6e-6,
-                 source=f"spec sheet ({note}) x assumed efficiencies; not measured")
+                 source=f"spec sheet ({note}) x assumed efficiencies; not measured", gpu=True)
 
 
 # Dense (non-sparse) peaks from NVIDIA's data sheets, SXM parts.
@@ -104,7 +104,7 @@ def measure_rates(device: str = "cpu") -> Rates:
     sort = a.numel() / _best_seconds(lambda: a.sort(dim=1), device)
     cache = _cache_bytes(dev)
     partial = Rates("", gemm, forward, factor, factor_half, small_factor, bandwidth, cache, sort, 1.0, 1.0, 1.0, 1.0,
-                    1.0, 1.0, 0.0, "")
+                    1.0, 1.0, 0.0, "", dev.type == "cuda")
     op, loop = _column_loop_rates(dev, gen, spd, partial)
     steps = _kmeans_step_rate(dev, gen, replace(partial, op=op, loop=loop))
     sparse, sparse_out, sparse_stream = _sparse_rates(dev, gen, spd, cache)
@@ -117,7 +117,8 @@ def measure_rates(device: str = "cpu") -> Rates:
     label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     return Rates(label, gemm=gemm, forward=forward, factor=factor, factor_half=factor_half, small_factor=small_factor,
                  bandwidth=bandwidth, cache=cache, sort=sort, sparse=sparse, sparse_stream=sparse_stream, sparse_out=sparse_out,
-                 scatter=scatter, steps=steps, loop=loop, op=op, source="measured by the probe on this machine")
+                 scatter=scatter, steps=steps, loop=loop, op=op, source="measured by the probe on this machine",
+                 gpu=dev.type == "cuda")
 
 
 def _cache_bytes(dev) -> float:

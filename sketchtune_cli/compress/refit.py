@@ -9,15 +9,22 @@ refit lowers (never raises) the quadratic objective it is handed (the sketcher p
 toward its diagonal).
 
 Cost: ``A^T H`` for a chunk of rows is one sparse-times-dense product (A has one nonzero per column and
-row), ``rows * cols^2`` adds per layer; a dense one-hot matmul would do 2^b times that (measured slower on
-CPU at 4 bits, as was a Cholesky form ``(L^T A)^T (L^T A)`` with batched products: benchmarks/
-compress_profile.md). Rows go in chunks that bound the temporary memory.
+row), ``rows * cols^2`` adds per layer (``product="sparse"``). ``product="dense"`` forms it as dense
+matrix products instead, one per row-group: a group's slots only touch that group's columns, so
+``A^T H = [onehot_g^T H[group g rows, :]]_g``, ``2 * 2^b * rows * cols^2`` flops in GEMMs (G times fewer than
+one one-hot matmul over all slots). On this CPU the sparse form is as fast or faster (a dense one-hot
+matmul and a Cholesky form ``(L^T A)^T (L^T A)`` measured slower: benchmarks/compress_profile.md); a GPU
+runs the GEMMs at its dense rate while the sparse product streams H from memory per nonzero, so the
+sketcher uses the dense form on CUDA (``compress.refit_product: auto``; its speed there is predicted by
+the cost model, not yet measured). Both give the same normal equations to float rounding
+(tests/compress/test_refit.py). Rows go in chunks that bound the temporary memory.
 """
 from __future__ import annotations
 
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 # Relative ridge on A^T H A, toward the current LUT: keeps codes that no column uses (zero rows of A^T H A)
 # at their k-means value and the solve well-posed; small enough not to bias used slots measurably.
@@ -25,13 +32,18 @@ _RIDGE = 1e-6
 _CHUNK_BYTES = 256 * 2 ** 20
 
 
+PRODUCTS = ("sparse", "dense")
+
+
 def refit_luts(weights: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut: torch.Tensor,
-               Hw: torch.Tensor | None = None) -> torch.Tensor:
+               Hw: torch.Tensor | None = None, product: str = "sparse") -> torch.Tensor:
     """Least-squares LUT ``[rows, G, k]`` (float32) for fixed ``codes [rows, cols]`` (original column order),
     under the Hessian ``H [cols, cols]`` (positive definite: pass it damped). ``lut`` is the starting LUT,
     kept for codes that no column uses. ``Hw = weights @ H`` does not depend on the codes: a caller that
     refits the same weights round after round passes it (:func:`weighted_rows`) instead of paying a dense
-    product per round."""
+    product per round. ``product``: how ``A^T H`` is formed, ``"sparse"`` or ``"dense"`` (module docstring)."""
+    if product not in PRODUCTS:
+        raise ValueError(f"unknown refit product {product!r}: use one of {PRODUCTS}")
     rows, cols = weights.shape
     groups, k = lut.shape[1], lut.shape[2]
     H = H.to(weights.device, torch.float32)
@@ -41,7 +53,7 @@ def refit_luts(weights: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut:
     out = torch.empty(rows, groups, k, dtype=torch.float32, device=weights.device)
     for r0 in range(0, rows, chunk):
         r1 = min(r0 + chunk, rows)
-        out[r0:r1] = _refit_rows(Hw[r0:r1], H, codes[r0:r1], lut[r0:r1].float())
+        out[r0:r1] = _refit_rows(Hw[r0:r1], H, codes[r0:r1], lut[r0:r1].float(), product)
     return out
 
 
@@ -51,15 +63,33 @@ def weighted_rows(weights: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     return weights.float() @ H.to(weights.device, torch.float32)
 
 
-def _refit_rows(Hw: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+def _refit_rows(Hw: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, lut: torch.Tensor,
+                product: str = "sparse") -> torch.Tensor:
     R, cols = Hw.shape
-    slots = lut.shape[1] * lut.shape[2]  # G * k LUT values per row
-    slot = _slots(codes, lut.shape[1], lut.shape[2])
-    AtH = (_one_hot_transposed(slot, slots) @ H).view(R, slots, cols)
+    groups, k = lut.shape[1], lut.shape[2]
+    slots = groups * k  # G * k LUT values per row
+    slot = _slots(codes, groups, k)
+    if product == "dense":
+        AtH = _grouped_one_hot_product(codes, groups, k, H)
+    else:
+        AtH = (_one_hot_transposed(slot, slots) @ H).view(R, slots, cols)
     M = torch.zeros(R, slots, slots, device=Hw.device).scatter_add_(2, slot.unsqueeze(1).expand(R, slots, cols), AtH)
     del AtH
     rhs = torch.zeros(R, slots, device=Hw.device).scatter_add_(1, slot, Hw)  # A^T (H w)
     return _solve(M, rhs, lut)
+
+
+def _grouped_one_hot_product(codes: torch.Tensor, groups: int, k: int, H: torch.Tensor) -> torch.Tensor:
+    """``A^T H`` as ``[R, G*k, cols]`` by dense products: group g's slots are the one-hot of its codes
+    ``[R*k, n]`` times H's rows of that group ``[n, cols]`` (exact one-hot in float32, so the same sums as
+    the sparse product up to their order)."""
+    R, cols = codes.shape
+    n = cols // groups
+    out = torch.empty(R, groups, k, cols, device=H.device)
+    for g in range(groups):
+        one_hot = F.one_hot(codes[:, g * n:(g + 1) * n].long(), k).transpose(1, 2).to(H.dtype)  # [R, k, n]
+        out[:, g] = (one_hot.reshape(R * k, n) @ H[g * n:(g + 1) * n]).view(R, k, cols)
+    return out.view(R, groups * k, cols)
 
 
 def _one_hot_transposed(slot: torch.Tensor, slots: int) -> torch.Tensor:

@@ -107,7 +107,8 @@ def _refit_rounds(weights: torch.Tensor, H: torch.Tensor | None, prep: "_Prepare
             with timing.phase("codes"):
                 codes = _assign_codes(weights, prep, lut, s)
         with timing.phase("refit"):
-            refitted = refit_luts(weights, refit_H, codes, lut, Hw) if weighted else refit_luts_unweighted(weights, codes, lut)
+            refitted = (refit_luts(weights, refit_H, codes, lut, Hw, refit_product(s, weights.device)) if weighted
+                        else refit_luts_unweighted(weights, codes, lut))
             lut, codes = sort_luts(refitted, codes.view(rows, groups, -1))
             codes = codes.view(rows, -1)
             lut_store = lut.to(torch_dtype(s.lut_dtype))
@@ -122,6 +123,14 @@ def _refit_rounds(weights: torch.Tensor, H: torch.Tensor | None, prep: "_Prepare
                 lut_store, codes = kept
             break
     return lut_store, codes, objectives
+
+
+def refit_product(s: CompressSettings, device) -> str:
+    """The refit's ``A^T H`` form: the setting, or for ``auto`` dense GEMMs on a GPU and the sparse product on
+    a CPU (refit.py's docstring)."""
+    if s.refit_product != "auto":
+        return s.refit_product
+    return "dense" if torch.device(device).type == "cuda" else "sparse"
 
 
 def _objective(weights: torch.Tensor, lut: torch.Tensor, codes: torch.Tensor, H: torch.Tensor | None,

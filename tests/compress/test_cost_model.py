@@ -34,16 +34,17 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("rows,cols,groups", [(32, 256, 1), (64, 512, 4)])
-def test_operation_counts_match_the_dispatcher(rows, cols, groups):
+@pytest.mark.parametrize("rows,cols,groups,product", [(32, 256, 1, "sparse"), (64, 512, 4, "sparse"),
+                                                      (64, 512, 4, "dense")])
+def test_operation_counts_match_the_dispatcher(rows, cols, groups, product):
     gen = torch.Generator().manual_seed(0)
     W = torch.randn(rows, cols, generator=gen) * 0.02
     X = torch.randn(1024, cols, generator=gen) * torch.rand(cols, generator=gen)
     H = 2 * X.T @ X / 1024
-    s = CompressSettings(groups_per_row=groups, lut_refit_rounds=3)
+    s = CompressSettings(groups_per_row=groups, lut_refit_rounds=3, refit_product=product)
     with timing.collect() as times, _CountOps(times) as counter:
         _, stats = sketch_layer(W, H, s)
-    work = layer_work(rows, cols, s, stats.refit_rounds, stats.kmeans_iterations)
+    work = layer_work(rows, cols, s, stats.refit_rounds, stats.kmeans_iterations, gpu=False)
     for phase in LAYER_PHASES:
         counted, modelled = counter.counts[phase], work[phase].ops
         assert counted > 0

@@ -41,6 +41,36 @@ def test_refit_is_the_least_squares_solution(groups):
     np.testing.assert_allclose(ours, _reference(W, H, codes, groups, k), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_dense_product_refit_is_the_least_squares_solution(groups):
+    k = 4
+    W, H, codes, lut = _problem(groups=groups, k=k)
+    ours = refit_luts(W, H, codes, lut, product="dense").double().numpy()
+    np.testing.assert_allclose(ours, _reference(W, H, codes, groups, k), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("groups,k", [(1, 16), (4, 16), (2, 8), (4, 4)])
+def test_dense_and_sparse_products_give_the_same_refit(groups, k):
+    from sketchtune_cli.compress.refit import _grouped_one_hot_product, _one_hot_transposed, _slots
+
+    W, H, codes, lut = _problem(rows=24, cols=128, groups=groups, k=k, seed=3)
+    rows, cols = W.shape
+    sparse = (_one_hot_transposed(_slots(codes, groups, k), groups * k) @ H).view(rows, groups * k, cols)
+    torch.testing.assert_close(_grouped_one_hot_product(codes, groups, k, H), sparse, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(refit_luts(W, H, codes, lut, product="dense"), refit_luts(W, H, codes, lut),
+                               rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="sparse"):
+        refit_luts(W, H, codes, lut, product="csr")
+
+
+def test_auto_product_is_dense_on_cuda_and_sparse_on_cpu():
+    from sketchtune_cli.compress.sketcher import refit_product
+
+    assert refit_product(CompressSettings(), "cpu") == "sparse"
+    assert refit_product(CompressSettings(), "cuda") == "dense"
+    assert refit_product(CompressSettings(refit_product="dense"), "cpu") == "dense"
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_unweighted_refit_is_the_least_squares_solution_for_identity_H(groups):
     k = 4
