@@ -329,7 +329,8 @@ def parse_args():
     p.add_argument("--no-pipeline", action="store_true", help="skip the sequential pipeline runs")
     p.add_argument("--pipeline-groups", default="1", help="comma-separated groups_per_row of the pipeline runs (4 bits)")
     p.add_argument("--no-baselines", action="store_true", help="skip RTN/HQQ")
-    p.add_argument("--scaling", default=None, help="calibration sizes for the timing runs (default 32,64,128; quick 8,16; '' for none)")
+    p.add_argument("--scaling", default=None, help="calibration sizes for the timing runs (default 32,64,128; quick 8,16)")
+    p.add_argument("--no-scaling", action="store_true", help="skip the timing runs (same as --scaling '')")
     p.add_argument("--scaling-blocks", type=int, default=4, help="decoder blocks kept for the timing runs")
     p.add_argument("--seeds", type=int, default=None, help="seeds for the pipeline and the seeded one-shot rows (default 3; quick 1)")
     p.add_argument("--variants", action="store_true", help="also run the variant rows (alternatives to the defaults)")
@@ -350,7 +351,8 @@ def main():
     n_calib = a.calib_samples or (16 if a.quick else 128)
     n_eval = a.eval_windows or (2 if a.quick else 16)
     seeds = list(range(a.seeds or (1 if a.quick else 3)))
-    scaling = [int(s) for s in (a.scaling if a.scaling is not None else ("8,16" if a.quick else "32,64,128")).split(",") if s]
+    sizes = "" if a.no_scaling else a.scaling if a.scaling is not None else ("8,16" if a.quick else "32,64,128")
+    scaling = [int(s) for s in sizes.split(",") if s]
     t_start = time.perf_counter()
     model, tok = load_model("smollm2-135m", dtype="float32", device="cpu")
     model.eval()

@@ -17,19 +17,28 @@ class StopForward(Exception):
     """Raised from a hook to end a forward pass once what it needed has been seen."""
 
 
-def to_device(value: Any, device, memo: dict | None = None) -> Any:
-    """Tensors (also inside tuples, lists and dicts) moved to ``device``; everything else as is. Tensors
-    shared between structures (one mask for many blocks) are moved once when ``memo`` is given."""
-    memo = {} if memo is None else memo
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """``value`` with every tensor in it (also inside tuples, lists and dicts) replaced by ``fn(tensor)``;
+    everything else as is. The one walker over the nested inputs and outputs of a block's modules."""
     if isinstance(value, torch.Tensor):
-        if id(value) not in memo:
-            memo[id(value)] = value.to(device)
-        return memo[id(value)]
+        return fn(value)
     if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device, memo) for v in value)
+        return type(value)(map_tensors(v, fn) for v in value)
     if isinstance(value, dict):
-        return {k: to_device(v, device, memo) for k, v in value.items()}
+        return {k: map_tensors(v, fn) for k, v in value.items()}
     return value
+
+
+def to_device(value: Any, device, memo: dict | None = None) -> Any:
+    """Tensors in ``value`` moved to ``device``. Tensors shared between structures (one mask for many
+    blocks) are moved once when ``memo`` is given."""
+    memo = {} if memo is None else memo
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in memo:
+            memo[id(t)] = t.to(device)
+        return memo[id(t)]
+    return map_tensors(value, move)
 
 
 def move_outside_blocks(model: nn.Module, blocks_name: str, device) -> None:
@@ -223,20 +232,14 @@ def _free_bytes(device: torch.device) -> int:
 
 
 def _nbytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    return 0
+    sizes: list[int] = []
+    map_tensors(value, lambda t: sizes.append(t.numel() * t.element_size()))
+    return sum(sizes)
 
 
 def _copied(value: Any, device) -> Any:
-    """A detached copy of every tensor in ``value`` (also inside tuples and lists), on ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(device, copy=True)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_copied(v, device) for v in value)
-    return value
+    """A detached copy of every tensor in ``value`` on ``device``."""
+    return map_tensors(value, lambda t: t.detach().to(device, copy=True))
 
 
 @contextmanager
