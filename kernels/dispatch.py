@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .reference import (dequant_indexed_ref, dequant_ref, flat_index_ref, lut_grad_from_io_indexed_ref,
-                        lut_grad_from_io_ref, lut_grad_ref, lut_matmul_ref)
+from .reference import (assign_block_ref, dequant_indexed_ref, dequant_ref, flat_index_ref,
+                        lut_grad_from_io_indexed_ref, lut_grad_from_io_ref, lut_grad_ref, lut_matmul_ref)
 
 
 def triton_available() -> bool:
@@ -69,6 +69,16 @@ def lut_matmul(x, lut, codes, bits: int, in_features: int, *, backend: str | Non
         from .triton_matmul import lut_matmul_triton
         return lut_matmul_triton(x, lut, codes, bits, in_features, out=out)
     return _into(out, lut_matmul_ref(x, lut, codes, bits, in_features))
+
+
+def lut_assign_block(weights, upper, group_of, lut, mids, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Error-compensated codes and scaled errors for one block of columns (compress's code assignment; see
+    :func:`reference.assign_block_ref`). On a CPU the sketcher's own loop (fewer operations per column) is
+    faster than this reference; on CUDA the Triton kernel does the block in one launch."""
+    if _use_triton(weights, backend):
+        from .triton_assign import assign_block_triton
+        return assign_block_triton(weights, upper, group_of, lut, mids)
+    return assign_block_ref(weights, upper, group_of, lut, mids)
 
 
 # ---- cached-index entry points (the CPU path) ---------------------------------------------------------

@@ -71,3 +71,22 @@ def lut_matmul_ref(x: torch.Tensor, lut: torch.Tensor, codes: torch.Tensor, bits
     """``y = x @ W_hat^T`` by materialising ``W_hat`` (the reference; the fused kernel never does)."""
     w = dequant_ref(lut, codes, bits, in_features).to(x.dtype)
     return x @ w.t()
+
+
+def assign_block_ref(weights: torch.Tensor, upper: torch.Tensor, group_of: torch.Tensor, lut: torch.Tensor,
+                     mids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Error-compensated code assignment of one block of columns, column by column (the math of
+    :func:`triton_assign.assign_block_triton`, written plainly): each column takes its row-group's nearest
+    LUT value (ties to the smaller), the error scaled by ``upper[j, j]`` moves the block's later columns by
+    ``err * upper[j, later]``. Returns (codes int32, scaled errors float32), both ``[rows, n]``."""
+    w = weights.float().clone()
+    rows, n = w.shape
+    codes = torch.empty(rows, n, dtype=torch.int32, device=w.device)
+    errs = torch.empty(rows, n, dtype=torch.float32, device=w.device)
+    for j in range(n):
+        g = int(group_of[j])
+        code = (mids[:, g] < w[:, j:j + 1]).sum(1)  # midpoints below the weight (the last one is +inf)
+        err = (w[:, j] - lut[:, g].gather(1, code.unsqueeze(1)).squeeze(1)) / upper[j, j]
+        w[:, j + 1:] -= err.unsqueeze(1) * upper[j, j + 1:].unsqueeze(0)
+        codes[:, j], errs[:, j] = code.to(torch.int32), err
+    return codes, errs

@@ -106,7 +106,7 @@ def layer_work(rows: int, cols: int, s: CompressSettings, refit_rounds: int | No
                kmeans_iterations: int | None = None, gpu: bool = False) -> dict[str, Work]:
     """Work per phase of ``sketch_layer`` on a ``rows x cols`` weight with settings ``s``. ``refit_rounds`` /
     ``kmeans_iterations``: what a run used (defaults: the settings' rounds, :data:`ASSUMED_KMEANS_ITERATIONS`);
-    ``gpu``: on a CUDA device (where ``refit_product: auto`` means the dense product)."""
+    ``gpu``: on a CUDA device (the Triton code assignment; ``refit_product: auto`` means the dense product)."""
     R, C, G, k = rows, cols, s.groups_per_row, 2 ** s.bits
     rounds = s.lut_refit_rounds if refit_rounds is None else refit_rounds
     iters = ASSUMED_KMEANS_ITERATIONS if kmeans_iterations is None else kmeans_iterations
@@ -116,7 +116,7 @@ def layer_work(rows: int, cols: int, s: CompressSettings, refit_rounds: int | No
         # ~10 C x C float32 copies (clone, act-order gathers, the factors)
         "prepare": Work(factor=4 / 3 * C ** 3, bytes=40.0 * C * C, ops=50, cols=C),
         "kmeans": kmeans_work(R, C, G, k, iters, s.kmeans_restarts),
-        "codes": codes_work(R, C, s.block_size) * assignments,
+        "codes": codes_work(R, C, s.block_size, gpu) * assignments,
         "refit": refit_work(R, C, G, k, rounds, dense_refit(s, gpu)),
         # tr((W-Q) H (W-Q)^T): one dense product and a few passes over the rows, before and after each round
         "objective": (Work(gemm=2.0 * R * C * C, bytes=32.0 * R * C, ops=11 * math.ceil(R / 1024)) * (rounds + 1)
@@ -142,10 +142,15 @@ def kmeans_work(R: int, C: int, G: int, k: int, iters: int, restarts: int) -> Wo
     return Work(sort=weights * sort_scale, bytes=360.0 * weights, ops=31) + per_run * restarts
 
 
-def codes_work(R: int, C: int, block: int) -> Work:
+def codes_work(R: int, C: int, block: int, gpu: bool = False) -> Work:
     """One error-compensated assignment: the lazy updates are R*C^2 flops (multiply-adds over the upper
-    triangle) plus the in-block ones; ~6.45 dispatches per column (5 in the loop, the rest per 32-column
-    inner block); per column a rank-1 update of up to 32 transposed rows and a few [R] vectors."""
+    triangle). On a CPU (the PyTorch loop): plus the in-block updates, ~6.45 dispatches per column (5 in the
+    loop, the rest per 32-column inner block), per column a rank-1 update of up to 32 transposed rows and a
+    few [R] vectors. On a GPU (kernels/triton_assign.py): one launch and ~8 operations per block, the
+    kernel's ~8 float operations per weight and block column billed at the fp32 matmul rate (CUDA cores)."""
+    if gpu:
+        blocks = math.ceil(C / block)
+        return Work(gemm=R * C * C + 8.0 * R * C * block, bytes=16.0 * R * C, ops=8 * blocks)
     return Work(gemm=R * C * C + 2.0 * R * C * block, loop=float(R) * C, ops=6.45 * C)
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from sketchtune_kernels import group_size, lut_dequant, pack_codes
+from sketchtune_kernels import group_size, lut_assign_block, lut_dequant, pack_codes, triton_available
 
 from ..models import torch_dtype
 from ..sketch import Sketch
@@ -160,6 +160,8 @@ def _refit_hessian(H: torch.Tensor, damping: float, shrinkage: float, device) ->
 def _assign_codes(weights: torch.Tensor, prep: "_Prepared", lut: torch.Tensor, s: CompressSettings) -> torch.Tensor:
     """Codes ``[rows, cols]`` for the given LUT: error-compensated (step 6) or nearest value."""
     if s.error_compensation and prep.upper is not None:
+        if weights.is_cuda and triton_available():  # one kernel launch per block instead of ~6 per column
+            return assign_compensated_blocks(weights, prep, lut, s.block_size)
         return _assign_compensated(weights, prep, lut, s.block_size)
     return nearest_codes(weights.view(weights.shape[0], s.groups_per_row, -1), lut).view(weights.shape[0], -1)
 
@@ -267,6 +269,31 @@ def _fit_luts(weights: torch.Tensor, col_weight: torch.Tensor, s: CompressSettin
     res = weighted_kmeans_1d(weights.view(rows, groups, -1), col_weight.view(1, groups, -1), 2 ** s.bits,
                              iters=s.kmeans_iters, init=s.kmeans_init, generator=gen, restarts=s.kmeans_restarts)
     return res.centroids.sort(dim=-1).values, res
+
+
+def assign_compensated_blocks(weights: torch.Tensor, prep: _Prepared, lut: torch.Tensor, block_size: int,
+                              backend: str | None = None) -> torch.Tensor:
+    """Step 6 one block of columns at a time through ``sketchtune_kernels.lut_assign_block`` (the Triton
+    kernel on CUDA: a whole block per launch), then GPTQ's lazy update of the later columns as one product.
+    The same codes as :func:`_assign_compensated` up to float rounding (tests/compress/test_code_assignment.py)."""
+    rows, cols = weights.shape
+    groups, k = lut.shape[1], lut.shape[2]
+    U = prep.upper
+    Wp = weights.index_select(1, prep.perm)
+    group_of = (prep.perm // (cols // groups)).to(torch.int32)
+    mids = torch.full((rows, groups, k), float("inf"), device=weights.device)
+    mids[..., :-1] = (lut[..., 1:] + lut[..., :-1]) * 0.5
+    codes_p = torch.empty(rows, cols, dtype=torch.long, device=weights.device)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        block_codes, errs = lut_assign_block(Wp[:, i1:i2].contiguous(), U[i1:i2, i1:i2].contiguous(), group_of[i1:i2],
+                                             lut, mids, backend=backend)
+        codes_p[:, i1:i2] = block_codes
+        if i2 < cols:
+            Wp[:, i2:].addmm_(errs, U[i1:i2, i2:], alpha=-1.0)
+    codes = torch.empty_like(codes_p)
+    codes[:, prep.perm] = codes_p
+    return codes
 
 
 def _assign_compensated(weights: torch.Tensor, prep: _Prepared, lut: torch.Tensor, block_size: int,

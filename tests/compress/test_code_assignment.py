@@ -70,6 +70,16 @@ def test_same_codes_as_the_plain_loop(rows, cols, groups, bits, block, inner):
     assert got.min() >= 0 and got.max() < 2 ** bits
 
 
+@pytest.mark.parametrize("rows,cols,groups,bits,block", [(96, 128, 4, 4, 128), (40, 100, 4, 3, 7), (33, 96, 3, 2, 32)])
+def test_block_at_a_time_assignment_gives_the_plain_loops_codes(rows, cols, groups, bits, block):
+    """The GPU path's structure (one kernels.lut_assign_block call per block, here through its PyTorch
+    reference) against the plain loop; the Triton kernel itself: tests/kernels/test_triton_kernels.py."""
+    W, prep, lut = _problem(rows, cols, groups, bits)
+    expected = plain_assign(W.clone(), prep, lut, block)
+    got = sketcher.assign_compensated_blocks(W.clone(), prep, lut, block, backend="torch")
+    assert (got == expected).float().mean() >= 0.999
+
+
 def test_assignment_beats_nearest_rounding_on_the_output_error():
     """An independent check of what the loop is for: under a correlated H the error-compensated codes give
     a lower output error tr(dW H dW^T) than plain nearest rounding of each weight."""

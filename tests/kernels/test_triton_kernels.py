@@ -177,3 +177,46 @@ def test_larger_layers(bits):
     grad_w = torch.randn(rows, cols)
     _close(lut_grad(grad_w, codes, bits, groups, backend="triton"), lut_grad_ref(grad_w, codes, bits, groups),
            torch.float32)
+
+
+# ---- compress's code assignment (kernels/triton_assign.py) ---------------------------------------------
+
+def _assign_problem(rows, n, groups, bits, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(512, n, generator=gen) * (torch.rand(n, generator=gen) * 3 + 0.1)
+    H = X.T @ X / 512 + 0.1 * torch.eye(n)
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    weights = torch.randn(rows, n, generator=gen) * 0.05
+    lut = torch.sort(torch.randn(rows, groups, 2 ** bits, generator=gen) * 0.05, -1).values
+    mids = torch.full_like(lut, float("inf"))
+    mids[..., :-1] = (lut[..., 1:] + lut[..., :-1]) * 0.5
+    group_of = torch.randint(0, groups, (n,), generator=gen, dtype=torch.int32)
+    return weights, upper, group_of, lut, mids
+
+
+@pytest.mark.parametrize("rows,n,groups,bits", [(5, 7, 1, 4), (70, 128, 4, 4), (33, 40, 3, 3), (17, 100, 2, 2)])
+def test_assign_block_kernel_matches_the_reference(rows, n, groups, bits):
+    from sketchtune_kernels import assign_block_ref, lut_assign_block
+
+    weights, upper, group_of, lut, mids = _assign_problem(rows, n, groups, bits)
+    codes, errs = lut_assign_block(weights, upper, group_of, lut, mids, backend="triton")
+    ref_codes, ref_errs = assign_block_ref(weights, upper, group_of, lut, mids)
+    assert (codes == ref_codes).float().mean() >= 0.999  # a weight within rounding of a midpoint may flip
+    same = codes == ref_codes
+    torch.testing.assert_close(errs[same], ref_errs[same], rtol=1e-4, atol=1e-5)
+    assert codes.dtype == torch.int32 and int(codes.min()) >= 0 and int(codes.max()) < 2 ** bits
+
+
+def test_sketcher_block_path_through_the_kernel_gives_the_cpu_loops_codes():
+    from sketchtune_cli.compress import sketcher
+    from sketchtune_cli.compress.settings import CompressSettings
+
+    gen = torch.Generator().manual_seed(0)
+    rows, cols, groups = 48, 160, 4
+    X = torch.randn(1024, cols, generator=gen) * (torch.rand(cols, generator=gen) * 3 + 0.1)
+    W = torch.randn(rows, cols, generator=gen) * 0.05
+    prep = sketcher._prepare(W, X.T @ X / 1024, CompressSettings(groups_per_row=groups))
+    lut = torch.sort(torch.randn(rows, groups, 16, generator=gen) * 0.05, -1).values
+    cpu = sketcher._assign_compensated(W.clone(), prep, lut, 64)
+    kernel = sketcher.assign_compensated_blocks(W.clone(), prep, lut, 64, backend="triton")
+    assert (kernel == cpu).float().mean() >= 0.999
