@@ -80,8 +80,8 @@ class Work:
     cols: int = 0  # H's size: the factorisation's speed and whether the refit's H rows stay in cache depend on it
 
     def __add__(self, other: "Work") -> "Work":
-        return Work(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "cols"},
-                    cols=max(self.cols, other.cols))
+        summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "cols"}
+        return Work(**summed, cols=max(self.cols, other.cols))
 
     def __mul__(self, times: float) -> "Work":
         return Work(**{f.name: getattr(self, f.name) * times for f in fields(self) if f.name != "cols"}, cols=self.cols)
@@ -95,8 +95,8 @@ class Work:
         factor = self.factor / rates.factor_rate(self.cols) if self.factor else 0.0
         return (self.gemm / rates.gemm + self.forward / rates.forward + factor + sparse
                 + self.small_factor / rates.small_factor + self.bytes / rates.bandwidth + self.sort / rates.sort
-                + self.sparse_out / rates.sparse_out + self.scatter / rates.scatter + self.steps / rates.steps + self.loop / rates.loop
-                + self.ops * rates.op)
+                + self.sparse_out / rates.sparse_out + self.scatter / rates.scatter + self.steps / rates.steps
+                + self.loop / rates.loop + self.ops * rates.op)
 
     def to_dict(self) -> dict:
         return asdict(self)

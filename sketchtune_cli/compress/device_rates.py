@@ -21,15 +21,15 @@ def _gpu(name: str, fp32: float, bf16: float, hbm: float, l2: float, note: str) 
     """A GPU entry from spec-sheet peaks (flop/s, bytes/s) and the efficiencies below, assumed, not measured:
     SGEMM 75% of the fp32 peak (compress keeps its float32 matmuls off TF32); the model's bf16 forward 50%
     of the dense bf16 tensor peak (eager Hugging Face blocks); large Cholesky/inverse 25% of the fp32 peak
-    with half of that at n = 4096, the batched 64x64 Cholesky 2%; streaming at 70% of HBM bandwidth; a sort moves its keys and
-    indices ~4 times (32 bytes per element); the CSR product reads one H row per nonzero from HBM (no cache
-    reuse: 4 bytes per multiply-add); scatter_add 12 bytes per element, a k-means step element 64 bytes (gathers and searches into float64 prefix
-    sums), a column-loop element 216 bytes; 6 us per eager PyTorch operation."""
+    with half of that at n = 4096, the batched 64x64 Cholesky 2%; streaming at 70% of HBM bandwidth; a sort
+    moves its keys and indices ~4 times (32 bytes per element); the CSR product reads one H row per nonzero
+    from HBM (no cache reuse: 4 bytes per multiply-add) and writes 8 bytes per output element; scatter_add
+    12 bytes per element; a k-means step element 64 bytes (gathers and searches into float64 prefix sums);
+    a column-loop element 216 bytes; 6 us per eager PyTorch operation."""
     bw = 0.7 * hbm
     return Rates(name, gemm=0.75 * fp32, forward=0.5 * bf16, factor=0.25 * fp32, factor_half=4096,
                  small_factor=0.02 * fp32, bandwidth=bw, cache=l2, sort=bw / 32, sparse=bw / 4, sparse_stream=bw / 4,
-                 sparse_out=bw / 8, scatter=bw / 12, steps=bw / 64, loop=bw / 216,
-                 op=6e-6,
+                 sparse_out=bw / 8, scatter=bw / 12, steps=bw / 64, loop=bw / 216, op=6e-6,
                  source=f"spec sheet ({note}) x assumed efficiencies; not measured", gpu=True)
 
 
@@ -103,8 +103,11 @@ def measure_rates(device: str = "cpu") -> Rates:
     del big, copy
     sort = a.numel() / _best_seconds(lambda: a.sort(dim=1), device)
     cache = _cache_bytes(dev)
-    partial = Rates("", gemm, forward, factor, factor_half, small_factor, bandwidth, cache, sort, 1.0, 1.0, 1.0, 1.0,
-                    1.0, 1.0, 0.0, "", dev.type == "cuda")
+    # the rates measured so far; the probes below subtract what these primitives cost from their timings
+    partial = Rates(name="", gemm=gemm, forward=forward, factor=factor, factor_half=factor_half,
+                    small_factor=small_factor, bandwidth=bandwidth, cache=cache, sort=sort, sparse=1.0,
+                    sparse_stream=1.0, sparse_out=1.0, scatter=1.0, steps=1.0, loop=1.0, op=0.0, source="",
+                    gpu=dev.type == "cuda")
     op, loop = _column_loop_rates(dev, gen, spd, partial)
     steps = _kmeans_step_rate(dev, gen, replace(partial, op=op, loop=loop))
     sparse, sparse_out, sparse_stream = _sparse_rates(dev, gen, spd, cache)
@@ -116,8 +119,8 @@ def measure_rates(device: str = "cpu") -> Rates:
     scatter = rows * slots * n / _best_seconds(lambda: normal.zero_().scatter_add_(2, index, ath), device)
     label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     return Rates(label, gemm=gemm, forward=forward, factor=factor, factor_half=factor_half, small_factor=small_factor,
-                 bandwidth=bandwidth, cache=cache, sort=sort, sparse=sparse, sparse_stream=sparse_stream, sparse_out=sparse_out,
-                 scatter=scatter, steps=steps, loop=loop, op=op, source="measured by the probe on this machine",
+                 bandwidth=bandwidth, cache=cache, sort=sort, sparse=sparse, sparse_stream=sparse_stream,
+                 sparse_out=sparse_out, scatter=scatter, steps=steps, loop=loop, op=op, source="measured by the probe on this machine",
                  gpu=dev.type == "cuda")
 
 
@@ -159,12 +162,13 @@ def _sparse_rates(dev, gen, spd: torch.Tensor, cache: float) -> tuple[float, flo
 
 
 def _column_loop_rates(dev, gen, spd: torch.Tensor, rates: Rates) -> tuple[float, float]:
-    """(seconds per dispatched operation, column-loop elements/s) as the code assignment's loop sees them
-    (dispatch plus the Python around it, then the per-row vector work): two small instances of the loop
-    itself, 64 and 512 rows x 512 columns, less their lazy-update arithmetic; the difference gives the
-    per-row cost, the rest the per-operation cost."""
+    """(seconds per dispatched operation, column-loop elements/s) as the code assignment's eager loop sees
+    them (dispatch plus the Python around it, then the per-row vector work): two small instances of the
+    loop itself, 64 and 512 rows x 512 columns, less their lazy-update arithmetic; the difference gives the
+    per-row cost, the rest the per-operation cost. On a GPU too the eager loop is timed (compress itself
+    uses the Triton kernel there): ``op`` is what every eager operation costs."""
     from .settings import CompressSettings
-    from .sketcher import _assign_codes, _prepare
+    from .sketcher import _assign_compensated, _prepare
 
     cols = 512
     s = CompressSettings(groups_per_row=1)
@@ -173,7 +177,7 @@ def _column_loop_rates(dev, gen, spd: torch.Tensor, rates: Rates) -> tuple[float
         weights = torch.randn(rows, cols, device=dev, generator=gen) * 0.02
         prep = _prepare(weights, spd[:cols, :cols], s)
         lut = (torch.randn(rows, 1, 2 ** s.bits, device=dev, generator=gen) * 0.02).sort(dim=-1).values
-        seconds = _best_seconds(lambda: _assign_codes(weights, prep, lut, s), dev.type, reps=2)
+        seconds = _best_seconds(lambda: _assign_compensated(weights, prep, lut, s.block_size), dev.type, reps=2)
         times[rows] = seconds - codes_work(rows, cols, s.block_size).gemm / rates.gemm
     ops = codes_work(64, cols, s.block_size).ops
     per_row = max(times[512] - times[64], 1e-9) / (512 - 64)
