@@ -218,7 +218,7 @@ def most_common_answer_share(samples: list[dict]) -> float:
 # ---- models per method ---------------------------------------------------------------------------------
 
 def sketch_model(path: str):
-    from sketchtune_cli.finetune.trainer import trainable_luts
+    from sketchtune_cli.training.trainer import trainable_luts
     from sketchtune_cli.loading import load_sketch_artifact
 
     import torch
@@ -322,8 +322,8 @@ def mean_token_loss(model, examples, pad: int, micro: int) -> float:
     model in train mode."""
     import torch
 
-    from sketchtune_cli.finetune.data import collate
-    from sketchtune_cli.finetune.trainer import token_loss_sum
+    from sketchtune_cli.training.batches import collate
+    from sketchtune_cli.training.trainer import token_loss_sum
 
     model.eval()
     tot = n = 0.0
@@ -342,8 +342,8 @@ def train_steps(model, params, opt, sched, train, pad, args, prof=None, on_step=
     next-to-last step; ``on_step(step, loss)`` is called after each step (step counts from 1)."""
     import torch
 
-    from sketchtune_cli.finetune.data import collate
-    from sketchtune_cli.finetune.trainer import token_loss_sum
+    from sketchtune_cli.training.batches import collate
+    from sketchtune_cli.training.trainer import token_loss_sum
 
     model.train()
     times, tokens, losses = [], [], []

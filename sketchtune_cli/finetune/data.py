@@ -13,39 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from ..errors import UserError
 from ..prompts import render_alpaca
 from ..textfiles import read_text
+from ..training.batches import IGNORE, Datasets, Example
 from .demo_data import demo_records
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 DEMO = "demo"
 DEMO_SIZES = {"train": 2000, "test": 200}
-
-
-@dataclass
-class Example:
-    input_ids: list[int]
-    labels: list[int]
-
-    @property
-    def n_targets(self) -> int:
-        """Tokens that carry loss (labels are shifted by one inside the loss, so the first never counts)."""
-        return sum(1 for t in self.labels[1:] if t != IGNORE)
-
-
-@dataclass
-class Datasets:
-    train: list[Example]
-    val: list[Example] | None
-    stats: dict = field(default_factory=dict)
 
 
 # ---- reading records ---------------------------------------------------------------------------------
@@ -347,18 +327,3 @@ def build_datasets(data, tokenizer, seed: int = 0) -> Datasets:
     if val_info:
         stats["val_source"] = val_info
     return Datasets(train, val, stats)
-
-
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch; padding gets attention 0 and label -100 (causal attention keeps real tokens'
-    logits independent of the padding after them)."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

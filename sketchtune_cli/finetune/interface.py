@@ -25,7 +25,7 @@ def checked_data(data) -> tuple[int | None, list[str]]:
 
 
 def check(cfg, job) -> list[str]:
-    from .trainer import batch_problems, resolve_mixed_precision
+    from ..training.trainer import batch_problems, resolve_mixed_precision
 
     problems = []
     if not job.pending:
@@ -50,7 +50,7 @@ def train_records(cfg) -> int | None:
 
 def plan(cfg, job) -> dict:
     from ..estimate import training_memory_bytes
-    from .trainer import optimizer_steps
+    from ..training.trainer import optimizer_steps
 
     records = train_records(cfg)
     est = preflight.estimate_of(cfg, None if job.pending else base_path(cfg, job))

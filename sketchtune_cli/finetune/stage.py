@@ -24,11 +24,11 @@ from ..errors import UserError
 from ..loading import LUT_ADAPTER, artifact, load_sketch_artifact
 from ..models import torch_dtype
 from ..output_lock import OutputLocked
-from . import checkpoint as ckpt
 from .data import build_datasets
-from .metrics import LOSS_PLOT, plot_losses
+from ..training import checkpoint as ckpt
+from ..training.metrics import LOSS_PLOT, plot_losses
+from ..training.trainer import Trainer, make_accelerator
 from .settings import RESULT_FREE, SECTIONS
-from .trainer import Trainer, make_accelerator
 
 log = logging.getLogger(__name__)
 

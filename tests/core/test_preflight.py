@@ -142,7 +142,7 @@ def test_dry_run_reports_the_real_record_count_and_the_trainers_steps(tmp_path, 
 
     from sketchtune_cli import preflight
     from sketchtune_cli.config import load_config
-    from sketchtune_cli.finetune.trainer import make_plan
+    from sketchtune_cli.training.trainer import make_plan
 
     monkeypatch.setattr(preflight, "free_bytes", lambda path: 1 << 50)
     n = 103

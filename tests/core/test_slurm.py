@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from helpers import hook_env, save_tiny_model
 from sketchtune_cli.artifacts import partial_dir, read_manifest
-from sketchtune_cli.finetune.checkpoint import latest_checkpoint, read_state
+from sketchtune_cli.training.checkpoint import latest_checkpoint, read_state
 from sketchtune_cli.loading import LUT_ADAPTER
 from sketchtune_cli.preemption import EXIT_INTERRUPTED
 

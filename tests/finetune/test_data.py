@@ -8,10 +8,11 @@ import pytest
 
 from sketchtune_cli.errors import UserError
 from sketchtune_cli.finetune.data import (
-    IGNORE, build_datasets, check_records, collate, read_records, render, tokenize_example, tokenize_records,
+    build_datasets, check_records, read_records, render, tokenize_example, tokenize_records,
 )
 from sketchtune_cli.finetune.demo_data import demo_records
-from sketchtune_cli.finetune.order import DataOrder, micro_batches, shard
+from sketchtune_cli.training.batches import IGNORE, collate
+from sketchtune_cli.training.order import DataOrder, micro_batches, shard
 from sketchtune_cli.finetune.settings import DataSettings
 
 PAPER_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes "

@@ -20,9 +20,10 @@ from sketchtune_cli.evaluate import registry
 from sketchtune_cli.evaluate.stage import data_dir_of
 from sketchtune_cli.finetune import data as data_mod
 from sketchtune_cli.finetune.data import (
-    IGNORE, build_datasets, data_problems, load_source, parse_hub_name, read_records, tokenize_chat,
+    build_datasets, data_problems, load_source, parse_hub_name, read_records, tokenize_chat,
 )
 from sketchtune_cli.finetune.settings import DataSettings
+from sketchtune_cli.training.batches import IGNORE
 from sketchtune_cli.remote import Pin
 
 RECORDS = [{"instruction": f"What is {i} + {i}?", "input": "", "output": f"{i} + {i} = {2 * i}. The answer is {2 * i}."}

@@ -12,7 +12,7 @@ from ft_helpers import FAST, cli_args, run_cli, run_subprocess
 from safetensors.torch import load_file
 
 from sketchtune_cli.artifacts import partial_dir, read_manifest
-from sketchtune_cli.finetune.checkpoint import latest_checkpoint, read_state
+from sketchtune_cli.training.checkpoint import latest_checkpoint, read_state
 from helpers import hook_env
 from sketchtune_cli.loading import LUT_ADAPTER
 from sketchtune_cli.preemption import EXIT_INTERRUPTED

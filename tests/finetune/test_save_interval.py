@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ft_helpers import FAST, run_cli
 
-from sketchtune_cli.finetune.checkpoint import CKPT_DIR
+from sketchtune_cli.training.checkpoint import CKPT_DIR
 
 
 def _checkpoints(out):

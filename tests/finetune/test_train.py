@@ -14,8 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from sketchtune_cli.artifacts import partial_dir, read_manifest
 from sketchtune_cli.config import load_config
-from sketchtune_cli.finetune.data import build_datasets, collate
-from sketchtune_cli.finetune.trainer import (
+from sketchtune_cli.finetune.data import build_datasets
+from sketchtune_cli.training.batches import collate
+from sketchtune_cli.training.trainer import (
     Trainer, enable_gradient_checkpointing, make_accelerator, token_loss_sum, trainable_luts,
 )
 from sketchtune_cli.loading import LUT_ADAPTER, apply_lut_file, load_any, load_sketch_artifact

@@ -28,7 +28,7 @@ from .. import preemption
 from ..errors import UserError
 from ..sketch import SketchedLinear
 from . import checkpoint as ckpt
-from .data import IGNORE, Datasets, collate
+from .batches import IGNORE, Datasets, collate
 from .metrics import MetricsLog, Progress, log_step
 from .order import DataOrder, micro_batches, shard
 
