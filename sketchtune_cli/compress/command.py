@@ -44,6 +44,7 @@ def compress_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
     plot: bool = typer.Option(False, "--plot", help="write a per-layer error plot into the artifact"),
     offload_activations: Optional[bool] = typer.Option(None, "--offload-activations", help="keep calibration activations on the CPU"),
+    distill_steps: Optional[int] = typer.Option(None, "--distill-steps", min=0, help="then train the LUTs this many steps toward the dense model (KL on the calibration text; default 0 = off)"),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config file or bundled config name"),
 ):
     """Compress a model into fine-tunable sketches (LUTs + frozen codes), calibrated layer by layer."""
@@ -61,7 +62,8 @@ def compress_command(
         model = None
     values = {"model.name": model, "compress.bits": bits, "compress.groups_per_row": groups_per_row,
               "compress.calib": calib, "compress.num_samples": num_samples, "compress.seq_len": seq_len,
-              "compress.device": device, "compress.offload_activations": offload_activations or None}
+              "compress.device": device, "compress.offload_activations": offload_activations or None,
+              "compress.distill_steps": distill_steps}
     cfg = load_config(config, overrides, values=values)
     if "name" not in cfg.model.model_fields_set:  # never compress a default model nobody asked for
         raise UserError("give the MODEL to compress (alias, Hub id, directory or .gguf), or --config with model.name")

@@ -5,6 +5,7 @@ from .. import preflight
 from ..stages import Stage
 from .settings import RESULT_FREE, SECTIONS
 from .calibration import calib_problems
+from .distill import distill_problems
 
 
 def check(cfg, job) -> list[str]:
@@ -13,6 +14,7 @@ def check(cfg, job) -> list[str]:
         problems += preflight.problem_of(preflight.sketch_estimate, cfg.model.name, cfg.compress)
     problems += calib_problems(cfg.compress)
     problems += preflight.device_problems({"compress.device": cfg.compress.device})
+    problems += distill_problems(cfg.compress, 1)
     return problems
 
 

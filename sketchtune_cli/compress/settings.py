@@ -27,6 +27,11 @@ class CompressSettings(Section):
     refit_product: Literal["auto", "sparse", "dense"] = Field("auto", description="how the LUT refit forms A^T H: 'sparse' (one CSR product, rows*cols^2 adds; fastest on CPU), 'dense' (one GEMM per row-group, 2^(b+1) times the flops at a GPU's dense rate); auto = dense on CUDA, sparse on CPU. Same normal equations to float rounding")
     lut_refit_rounds: int = Field(6, ge=0, description="least-squares LUT refits after code assignment (each later round re-assigns codes first); 0 = k-means LUTs only")
     refit_tolerance: float = Field(0.0, ge=0, description="stop the LUT refit rounds early once a round lowers the refit objective tr((W-Q) H (W-Q)^T) by less than this fraction (a round that raised it is undone); 0 = always run lut_refit_rounds. On the embedded model every layer still gained >= 0.2% in round 6 (1e-3 would stop none of the default 6 rounds) and 1e-2 saved ~0.8 of 6 rounds for +0.4% objective; a threshold also turns float noise (another world size) into a different round count, hence off by default (benchmarks/compress_profile.md)")
+    distill_steps: int = Field(0, ge=0, description="after the layer-wise build, train the LUTs (codes frozen) for this many steps so the sketch's next-token distributions match the dense model's (KL to the teacher) on the calibration sequences; 0 = off (issue 18: not yet measured, see docs/method.md)")
+    distill_lr: float = Field(1e-4, gt=0, description="learning rate of the distillation (AdamW, constant after warm-up)")
+    distill_batch_size: int = Field(8, ge=1, description="calibration sequences per distillation step")
+    distill_micro_batch_size: int = Field(2, ge=1, description="sequences per forward; must divide distill_batch_size")
+    distill_warmup_steps: int = Field(10, ge=0)
     targets: Optional[list[str]] = Field(None, description="module name patterns to sketch (default: all linears in decoder blocks)")
     ignore: list[str] = Field(default_factory=list, description="module name patterns to keep dense")
     lut_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"

@@ -21,10 +21,11 @@ from ..artifacts import check_output, partial_dir, write_artifact
 from ..errors import UserError
 from ..config import RunConfig
 from ..models import check_seq_len, load_model, load_model_config, torch_dtype
-from ..sketch import find_target_linears, replace_with_sketches, save_sketch
+from ..sketch import find_target_linears, replace_with_sketches, save_sketch, sketched_layers
 from . import distributed
 from .calibration import load_calibration
 from .checkpoint import CHECKPOINT_DIR, check_resumable
+from .distill import DISTILL_DIR, distill, distill_problems
 from .pipeline import check_targets, compress_model, resolve_device
 from .reporting import PLOT_NAME, LayerProgress, plot_errors, print_summary, summarize
 from .settings import RESULT_FREE, SECTIONS
@@ -65,6 +66,8 @@ def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bo
                              settings.calib_encoding)
     if calib.num_samples < dist.world_size:
         raise UserError(f"{calib.num_samples} calibration samples cannot be shared by {dist.world_size} processes")
+    for problem in distill_problems(settings, dist.world_size):
+        raise UserError(problem)
     log.info("compress %s -> %s: %d x %d calibration tokens from %s, %d bits, %d groups per row, device %s%s",
              cfg.model.name, out, calib.num_samples, settings.seq_len, settings.calib, settings.bits,
              settings.groups_per_row, device, f", {dist.world_size} processes" if dist.enabled else "")
@@ -82,9 +85,16 @@ def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bo
             result = compress_model(model, calib.input_ids, settings, device, checkpoint_dir=ckpt_dir,
                                     config_hash=chash, resume=resume, on_layer=on_layer,
                                     on_block=progress.block_done, dist=dist)
+        distilled = None
+        if settings.distill_steps:  # one process (distill_problems): the student and teacher on `device`
+            with preemption.stop_requests():
+                distilled = _distill(cfg, model, tokenizer, result, calib, writer.path, chash, resume)
         if dist.is_main:
-            _save(model, tokenizer, result, settings, calib, writer.path)
+            _save(model, tokenizer, result, settings, calib, writer.path, sketched=distilled is not None)
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+            shutil.rmtree(Path(writer.path) / DISTILL_DIR, ignore_errors=True)
+            if distilled is not None:
+                writer.results["distill"] = distilled
             summary = summarize(result.layers)
             wall = time.perf_counter() - start
             if plot:
@@ -97,11 +107,29 @@ def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bo
     return out
 
 
-def _save(model, tokenizer, result, settings, calib, directory) -> None:
-    """Convert the model to SketchedLinear layers and write it as an HF directory."""
+def _distill(cfg, model, tokenizer, result, calib, partial, chash: str, resume: bool) -> dict:
+    """The layer-wise sketch becomes SketchedLinear layers with float32 LUTs and trains toward a fresh copy
+    of the dense model (compress/distill.py); returns the distillation's summary and loss curve."""
+    replace_with_sketches(model, result.sketches, lut_dtype=torch.float32)
+    teacher, _ = load_model(cfg.model.name, dtype=torch_dtype(cfg.model.dtype, str(resolve_device(cfg.compress.device))),
+                            device="cpu")
+    summary = distill(model, teacher, tokenizer, calib.input_ids, cfg.compress, partial, chash, resume)
+    del teacher
+    model.to("cpu")
+    keep = ("steps", "first_loss", "final_loss", "train_seconds", "tokens", "loss_curve")
+    return {k: summary[k] for k in keep if k in summary}
+
+
+def _save(model, tokenizer, result, settings, calib, directory, sketched: bool = False) -> None:
+    """Convert the model to SketchedLinear layers (unless ``sketched`` already: the distilled LUTs) and
+    write it as an HF directory."""
     if settings.dtype != "auto":
         model.to(torch_dtype(settings.dtype))
-    replace_with_sketches(model, result.sketches, lut_dtype=getattr(torch, settings.lut_dtype))
+    if sketched:
+        for layer in sketched_layers(model).values():
+            layer.lut.data = layer.lut.data.to(getattr(torch, settings.lut_dtype))
+    else:
+        replace_with_sketches(model, result.sketches, lut_dtype=getattr(torch, settings.lut_dtype))
     save_sketch(model, tokenizer, directory, calibration=calib.source, num_samples=calib.num_samples,
                 seq_len=int(calib.input_ids.shape[1]), seed=settings.seed)
 

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -162,6 +162,32 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     model.enable_input_require_grads()
 
 
+@dataclass
+class LoopSettings:
+    """What the loop reads of a ``train:`` section (finetune passes its ``TrainSettings``, which has these
+    fields and more); a stage that trains without a ``train:`` section (compress's distillation) fills
+    one. Defaults are ``TrainSettings``'s."""
+
+    lr: float = 3e-5
+    max_steps: int | None = None
+    epochs: float = 3.0
+    micro_batch_size: int = 4
+    batch_size: int = 16
+    warmup_steps: int = 100
+    scheduler: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    save_every: int | None = None
+    save_every_minutes: float | None = 30.0
+    eval_every: int | None = None
+    log_every: int = 1
+    trackers: list = field(default_factory=list)
+
+
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed next-token cross entropy over response tokens (fp32)."""
     logits = logits[:, :-1].float()
@@ -215,9 +241,13 @@ class Trainer:
     """Runs optimizer steps ``start..total`` and checkpoints into ``root`` (the artifact's partial dir)."""
 
     def __init__(self, accelerator, model, tokenizer, data: Datasets, train, root: Path, fingerprint: str,
-                 resume: bool = False, write: bool = True):
+                 resume: bool = False, write: bool = True, loss_fn=None, stage: str = "finetune"):
+        """``loss_fn(logits, batch)``: the summed loss over the batch's target tokens (labels other than
+        IGNORE, shifted by one); default the next-token cross entropy. ``stage``: the name progress hooks
+        and stop messages use."""
         self.acc, self.train_cfg, self.data, self.root = accelerator, train, data, Path(root)
-        self.fingerprint, self.write = fingerprint, write
+        self.fingerprint, self.write, self.stage = fingerprint, write, stage
+        self.loss_fn = loss_fn or (lambda logits, batch: token_loss_sum(logits, batch["labels"]))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         set_determinism(train.seed, train.deterministic)
         self.luts = trainable_luts(model)
@@ -297,7 +327,7 @@ class Trainer:
             with contextlib.nullcontext() if sync else self._no_sync():
                 with self._autocast():
                     out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
-                loss = token_loss_sum(out.logits, b["labels"])
+                loss = self.loss_fn(out.logits, b)
                 self.acc.backward(loss * scale)
             loss_sum += loss.detach().double()
         # DTensor-aware under FSDP: the norm covers all shards and is the same on every process.
@@ -330,7 +360,7 @@ class Trainer:
             with self._autocast():
                 out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
             if mb is not None:
-                sums[0] += token_loss_sum(out.logits, b["labels"]).double()
+                sums[0] += self.loss_fn(out.logits, b).double()
                 sums[1] += (b["labels"][:, 1:] != IGNORE).sum()
         self.model.train()
         if self.plan.world > 1:
@@ -369,7 +399,7 @@ class Trainer:
             if cfg.eval_every and done % cfg.eval_every == 0 and done < plan.total_steps:
                 rec["eval_loss"] = self.evaluate()
             self._log(rec, progress)
-            preemption.notify_progress("finetune", done)
+            preemption.notify_progress(self.stage, done)
             stop, due = self._stop_or_due(last_save)
             if (cfg.save_every and done % cfg.save_every == 0) or done == plan.total_steps or stop or due:
                 self.save(done)

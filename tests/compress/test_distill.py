@@ -1,0 +1,89 @@
+"""compress's LUT distillation (compress/distill.py, issue 18): it lowers the KL to the dense model on the
+calibration text, it records its loss curve, an interrupted distillation resumes to the very bytes of an
+uninterrupted one, and the result fine-tunes like any sketch."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from compress.conftest import save_tiny_model
+from finetune.ft_helpers import FAST
+from helpers import hook_env
+from sketchtune_cli.artifacts import partial_dir, read_manifest
+from sketchtune_cli.compress.calibration import load_calibration
+from sketchtune_cli.models import load_model
+from sketchtune_cli.preemption import EXIT_INTERRUPTED
+from sketchtune_cli.sketch import load_sketch
+
+ARGS = ["--calib", "builtin", "-n", "8", "--seq-len", "32", "--device", "cpu", "--bits", "2", "-g", "2",
+        "compress.kmeans_iters=10", "compress.lut_refit_rounds=0", "compress.distill_batch_size=4",
+        "compress.distill_micro_batch_size=2", "compress.distill_warmup_steps=0", "compress.distill_lr=3e-4"]
+
+
+def _kl_to_dense(model_dir, sketch_dir) -> float:
+    """Mean next-token KL(dense || sketch) over the calibration sequences, computed here independently."""
+    dense, tokenizer = load_model(str(model_dir), dtype="float32", device="cpu")
+    sketch = load_sketch(sketch_dir)
+    ids = load_calibration("builtin", tokenizer, 8, 32, 0).input_ids
+    with torch.no_grad():
+        p = F.log_softmax(dense(ids).logits[:, :-1].float(), -1)
+        q = F.log_softmax(sketch(ids).logits[:, :-1].float(), -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def _compress(model, out, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "sketchtune_cli", "compress", str(model), "-o", str(out), *ARGS, *args],
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
+
+
+def test_distillation_lowers_the_kl_to_the_dense_model_and_records_its_curve(tiny_model_dir, tmp_path, run_cli):
+    plain, distilled = tmp_path / "plain", tmp_path / "distilled"
+    assert run_cli("compress", tiny_model_dir, "-o", plain, *ARGS)[0] == 0
+    code, _, err = run_cli("compress", tiny_model_dir, "-o", distilled, "--distill-steps", "12", *ARGS)
+    assert code == 0, err
+    results = read_manifest(distilled).results["distill"]
+    assert results["steps"] == 12 and len(results["loss_curve"]) == 12
+    assert results["final_loss"] < results["first_loss"]
+    assert _kl_to_dense(tiny_model_dir, distilled) < 0.8 * _kl_to_dense(tiny_model_dir, plain)
+    # the codes are the layer-wise build's: only LUT values moved
+    a, b = load_file(str(plain / "model.safetensors")), load_file(str(distilled / "model.safetensors"))
+    codes = [k for k in a if k.endswith(".codes")]
+    assert codes and all(torch.equal(a[k], b[k]) for k in codes)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith(".lut"))
+    assert not (distilled / "distill").exists()
+
+
+def test_interrupted_distillation_resumes_to_the_same_bytes(tmp_path, run_cli):
+    model = save_tiny_model(tmp_path / "tiny", num_hidden_layers=2)
+    reference, out = tmp_path / "ref", tmp_path / "out"
+    assert _compress(model, reference, "--distill-steps", "6").returncode == 0
+    stopped = _compress(model, out, "--distill-steps", "6", env=hook_env("distill:3:signal:SIGUSR1"))
+    assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr
+    assert (partial_dir(out) / "distill").is_dir() and not out.exists()
+    code, _, err = run_cli("compress", model, "-o", out, "--resume", "--distill-steps", "6", *ARGS)
+    assert code == 0, err
+    assert (out / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+
+
+def test_a_distilled_sketch_fine_tunes_unchanged(tmp_path, run_cli):
+    """The finetune tests' recipe (real tokenizer, demo data) on a distilled sketch of a tiny dense model."""
+    from helpers import tiny_llama
+    from sketchtune_cli.models import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    dense = tmp_path / "dense"
+    tiny_llama(0, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
+               vocab_size=len(tokenizer), max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id).save_pretrained(dense)
+    tokenizer.save_pretrained(dense)
+    sketch = tmp_path / "sketch"
+    code, _, err = run_cli("compress", dense, "-o", sketch, "--distill-steps", "2", *ARGS)
+    assert code == 0, err
+    code, _, err = run_cli("finetune", "--base", sketch, "-o", tmp_path / "ft", *FAST)
+    assert code == 0, err
+    assert read_manifest(tmp_path / "ft").results["steps"] == 6
