@@ -60,13 +60,14 @@ def distill_problems(s: CompressSettings, world_size: int) -> list[str]:
 
 
 def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, calib_ids: torch.Tensor,
-            s: CompressSettings, partial: Path, fingerprint: str, resume: bool) -> dict:
+            s: CompressSettings, device: torch.device, partial: Path, fingerprint: str, resume: bool) -> dict:
     """Train ``student``'s LUTs (SketchedLinear layers, float32 LUTs) toward ``teacher`` on ``calib_ids``
-    ``[samples, seq_len]``; returns the Trainer's summary plus the loss curve ``[[step, loss], ...]``."""
+    ``[samples, seq_len]`` on ``device``; returns the Trainer's summary plus the loss curve
+    ``[[step, loss], ...]``."""
     root = Path(partial) / DISTILL_DIR
     root.mkdir(parents=True, exist_ok=True)
     settings = loop_settings(s)
-    accelerator = make_accelerator(settings, root, trackers=[])
+    accelerator = make_accelerator(settings, root, trackers=[], cpu=device.type == "cpu")
     teacher.to(accelerator.device).eval().requires_grad_(False)
     data = Datasets(train=[Example(ids, ids) for ids in calib_ids.tolist()], val=None)
     trainer = Trainer(accelerator, student, tokenizer, data, settings, root, fingerprint, resume=resume,

@@ -88,7 +88,7 @@ def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bo
         distilled = None
         if settings.distill_steps:  # one process (distill_problems): the student and teacher on `device`
             with preemption.stop_requests():
-                distilled = _distill(cfg, model, tokenizer, result, calib, writer.path, chash, resume)
+                distilled = _distill(cfg, model, tokenizer, result, calib, device, writer.path, chash, resume)
         if dist.is_main:
             _save(model, tokenizer, result, settings, calib, writer.path, sketched=distilled is not None)
             shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -107,13 +107,12 @@ def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bo
     return out
 
 
-def _distill(cfg, model, tokenizer, result, calib, partial, chash: str, resume: bool) -> dict:
+def _distill(cfg, model, tokenizer, result, calib, device, partial, chash: str, resume: bool) -> dict:
     """The layer-wise sketch becomes SketchedLinear layers with float32 LUTs and trains toward a fresh copy
     of the dense model (compress/distill.py); returns the distillation's summary and loss curve."""
     replace_with_sketches(model, result.sketches, lut_dtype=torch.float32)
-    teacher, _ = load_model(cfg.model.name, dtype=torch_dtype(cfg.model.dtype, str(resolve_device(cfg.compress.device))),
-                            device="cpu")
-    summary = distill(model, teacher, tokenizer, calib.input_ids, cfg.compress, partial, chash, resume)
+    teacher, _ = load_model(cfg.model.name, dtype=torch_dtype(cfg.model.dtype, str(device)), device="cpu")
+    summary = distill(model, teacher, tokenizer, calib.input_ids, cfg.compress, device, partial, chash, resume)
     del teacher
     model.to("cpu")
     keep = ("steps", "first_loss", "final_loss", "train_seconds", "tokens", "loss_curve")

@@ -46,9 +46,10 @@ def resolve_mixed_precision(setting: str, cuda: bool) -> str:
     return setting
 
 
-def make_accelerator(train, project_dir: Path, trackers: list | None = None):
+def make_accelerator(train, project_dir: Path, trackers: list | None = None, cpu: bool | None = None):
     """A fresh Accelerator (its per-process state is reset so several runs can share one process).
-    ``trackers``: accelerate tracker objects (see :mod:`sketchtune_cli.tracking`); default train.trackers."""
+    ``trackers``: accelerate tracker objects (see :mod:`sketchtune_cli.tracking`); default train.trackers.
+    ``cpu``: force the CPU (default: the CPU only when there is no CUDA device)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -58,7 +59,7 @@ def make_accelerator(train, project_dir: Path, trackers: list | None = None):
     AcceleratorState._reset_state(reset_partial_state=False)
     check_fsdp_version()  # before Accelerator(): its FSDP1 plugin fails on a CPU-only machine with a cryptic error
     # Accelerate sets up CPU multi-process (gloo, e.g. under torchrun) only when told cpu=True.
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not cpu
     accelerator = Accelerator(
         cpu=not cuda,
         mixed_precision=resolve_mixed_precision(train.mixed_precision, cuda),
