@@ -1,4 +1,5 @@
-"""The fine-tuning loop on Accelerate: only the LUTs train (docs/method.md §3).
+"""The LUT training loop on Accelerate, for the finetune stage and compress's distillation: only the LUTs
+train (docs/method.md §3).
 
 Why the loop is hand-written rather than a dataloader + ``accelerator.accumulate``: exact resume and
 process-count-independent results need full control of which examples form each step (see
