@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sketchtune_cli.compress import timing  # noqa: E402
-from sketchtune_cli.compress.cost_model import block_layers, block_work, layer_work  # noqa: E402
+from sketchtune_cli.compress.cost_model import block_seconds  # noqa: E402
 from sketchtune_cli.compress.device_rates import GPUS, measure_rates  # noqa: E402
 from sketchtune_cli.compress.pipeline import compress_model, resolve_device  # noqa: E402
 from sketchtune_cli.compress.settings import CompressSettings  # noqa: E402
@@ -137,13 +137,9 @@ def report_name(device) -> str:
 
 def predicted_phases(a, settings, rates) -> dict:
     """The cost model's seconds per phase for the timed blocks (compress/cost_model.py)."""
-    tokens = a.samples * a.seq_len
-    out = {p: w.seconds(rates) * a.blocks for p, w in block_work(a.hidden, a.intermediate, a.heads, a.kv_heads, tokens,
-                                                                 a.seq_len, 2 if a.dtype == "bfloat16" else 4).items()}
-    for rows, cols in block_layers(a.hidden, a.intermediate, a.heads, a.kv_heads):
-        for p, w in layer_work(rows, cols, settings, gpu=rates.gpu).items():
-            out[p] = out.get(p, 0.0) + w.seconds(rates) * a.blocks
-    return out
+    per_block = block_seconds(a.hidden, a.intermediate, a.heads, a.kv_heads, settings, rates,
+                              forward_bytes=2 if a.dtype == "bfloat16" else 4)
+    return {p: v * a.blocks for p, v in per_block.items()}
 
 
 if __name__ == "__main__":

@@ -155,8 +155,10 @@ def codes_work(R: int, C: int, block: int, gpu: bool = False) -> Work:
 
 
 def dense_refit(s: CompressSettings, gpu: bool) -> bool:
-    """Whether the refit forms A^T H by dense GEMMs (sketcher.refit_product's rule)."""
-    return s.refit_product == "dense" or (s.refit_product == "auto" and gpu)
+    """Whether the refit forms A^T H by dense GEMMs on this kind of device (the sketcher's own rule)."""
+    from .sketcher import refit_product
+
+    return refit_product(s, "cuda" if gpu else "cpu") == "dense"
 
 
 def refit_work(R: int, C: int, G: int, k: int, rounds: int, dense: bool = False) -> Work:
@@ -209,18 +211,25 @@ def predict_compress(config, s: CompressSettings, rates: Rates) -> dict:
     """Predicted seconds per phase (and ``total``) for compressing a Llama-style model with ``config`` (a
     transformers config: hidden_size, intermediate_size, num_attention_heads, num_key_value_heads,
     num_hidden_layers) on a device with ``rates``, one process. Leaves out loading and saving."""
-    hidden, inter = config.hidden_size, config.intermediate_size
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    blocks = config.num_hidden_layers
-    forward_bytes = 2 if rates.gpu else 4  # compress runs the model in bf16 on a GPU, float32 on a CPU
-    per_block = {p: w.seconds(rates) for p, w in block_work(hidden, inter, heads, kv_heads, s.num_samples * s.seq_len,
-                                                              s.seq_len, forward_bytes).items()}
-    for rows, cols in block_layers(hidden, inter, heads, kv_heads):
-        for p, w in layer_work(rows, cols, s, gpu=rates.gpu).items():
-            per_block[p] = per_block.get(p, 0.0) + w.seconds(rates)
-    seconds = {p: v * blocks for p, v in per_block.items()}
+    per_block = block_seconds(config.hidden_size, config.intermediate_size, heads, kv_heads, s, rates)
+    seconds = {p: v * config.num_hidden_layers for p, v in per_block.items()}
     seconds["total"] = sum(seconds.values())
+    return seconds
+
+
+def block_seconds(hidden: int, intermediate: int, heads: int, kv_heads: int, s: CompressSettings, rates: Rates,
+                  forward_bytes: int | None = None) -> dict[str, float]:
+    """Predicted seconds per phase for one Llama-style block with the calibration of ``s``: its feeds and
+    Hessians, and its seven linears sketched. ``forward_bytes``: bytes per activation value (default: bf16
+    on a GPU, float32 on a CPU, as compress runs the model)."""
+    forward_bytes = forward_bytes or (2 if rates.gpu else 4)
+    seconds = {p: w.seconds(rates) for p, w in block_work(hidden, intermediate, heads, kv_heads,
+                                                          s.num_samples * s.seq_len, s.seq_len, forward_bytes).items()}
+    for rows, cols in block_layers(hidden, intermediate, heads, kv_heads):
+        for p, w in layer_work(rows, cols, s, gpu=rates.gpu).items():
+            seconds[p] = seconds.get(p, 0.0) + w.seconds(rates)
     return seconds
 
 
