@@ -137,12 +137,12 @@ SIZING = {  # measured alone on this 2-core machine at 2 threads, 2026-12-03 07:
 
 @dataclass
 class Settings:
-    steps: int = 40
-    sweep_steps: int = 10
+    steps: int = 200
+    sweep_steps: int = 20
     batch: int = 8
-    micro: int = 8
+    micro: int = 4
     seq_len: int = 256
-    warmup: int = 10
+    warmup: int = 20
     val_n: int = 64
     test_limit: int = 40
     max_new_tokens: int = 32
@@ -648,6 +648,14 @@ def sketch_bases(s: Settings, tmp: Path, todo: list[str]) -> dict:
     return out
 
 
+def git_commit() -> str:
+    """The checkout's commit, "+dirty" when tracked files differ from it (what code a cell ran)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if git("status", "--porcelain", "-uno") else "")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     d = Settings()
@@ -722,6 +730,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-adapt-"))
     bases = sketch_bases(s, tmp, todo)
     plan, t_start, spent, predicted = predict(s), time.perf_counter(), 0.0, 0
+    commit = git_commit()
     for i, c in enumerate(todo):
         method, kind, _, _ = parse_cell(c)
         lr, sweep = chosen_lr(out, method) if kind == "train" else (None, {})
@@ -737,6 +746,7 @@ def main() -> None:
                        env=dict(os.environ, OMP_NUM_THREADS=str(s.threads)))
         r = json.loads(result.read_text())
         r["wall_s"] = round(time.perf_counter() - t0, 1)
+        r["commit"] = commit
         spent += r["wall_s"]
         predicted += plan["cells"][c]
         tmpf = cell_file(out, c).with_suffix(".tmp")

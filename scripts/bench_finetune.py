@@ -323,14 +323,15 @@ def mean_token_loss(model, examples, pad: int, micro: int) -> float:
     import torch
 
     from sketchtune_cli.training.batches import collate
-    from sketchtune_cli.training.trainer import token_loss_sum
+    from sketchtune_cli.training.trainer import aligned_loss_sum, forward_targets
 
     model.eval()
     tot = n = 0.0
     with torch.no_grad():
         for i in range(0, len(examples), micro):
             b = collate(examples[i:i + micro], pad)
-            tot += token_loss_sum(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]).item()
+            logits, b = forward_targets(model, b)
+            tot += aligned_loss_sum(logits, b["targets"]).item()
             n += int((b["labels"][:, 1:] != -100).sum())
     model.train()
     return tot / n
@@ -343,7 +344,7 @@ def train_steps(model, params, opt, sched, train, pad, args, prof=None, on_step=
     import torch
 
     from sketchtune_cli.training.batches import collate
-    from sketchtune_cli.training.trainer import token_loss_sum
+    from sketchtune_cli.training.trainer import aligned_loss_sum, forward_targets
 
     model.train()
     times, tokens, losses = [], [], []
@@ -356,7 +357,8 @@ def train_steps(model, params, opt, sched, train, pad, args, prof=None, on_step=
         t0 = time.perf_counter()
         total = 0.0
         for b in micro:
-            loss = token_loss_sum(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+            logits, b = forward_targets(model, b)  # the trainer's own forward and loss
+            loss = aligned_loss_sum(logits, b["targets"])
             (loss / n_tgt).backward()
             total += loss.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -30,13 +30,14 @@ class TeacherKL:
         self.teacher = teacher
 
     def __call__(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """``logits``: the student's at ``batch["columns"]``; the teacher's are taken at the same columns."""
         with torch.no_grad():
             target = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  use_cache=False).logits[:, :-1].float()
+                                  use_cache=False, logits_to_keep=batch["columns"]).logits.float()
         log_p = F.log_softmax(target, -1)
-        log_q = F.log_softmax(logits[:, :-1].float(), -1)
+        log_q = F.log_softmax(logits.float(), -1)
         kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-        return (kl * (batch["labels"][:, 1:] != IGNORE)).sum()
+        return (kl * (batch["targets"] != IGNORE)).sum()
 
 
 def loop_settings(s: CompressSettings) -> LoopSettings:

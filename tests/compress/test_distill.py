@@ -87,3 +87,31 @@ def test_a_distilled_sketch_fine_tunes_unchanged(tmp_path, run_cli):
     code, _, err = run_cli("finetune", "--base", sketch, "-o", tmp_path / "ft", *FAST)
     assert code == 0, err
     assert read_manifest(tmp_path / "ft").results["steps"] == 6
+
+
+def test_teacher_kl_at_target_columns_equals_the_full_kl(tiny_model_dir):
+    """TeacherKL on the kept columns against an independent KL over every position's logits, masked."""
+    from transformers import AutoModelForCausalLM
+
+    from sketchtune_cli.compress.distill import TeacherKL
+    from sketchtune_cli.training.trainer import forward_targets
+
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 12))
+    labels = ids.clone()
+    labels[0, :7] = -100  # prompt tokens of row 0 carry no loss
+    labels[1, :4] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    with torch.no_grad():
+        logits, b = forward_targets(student, batch)
+        got = TeacherKL(teacher)(logits, b)
+        p_log = F.log_softmax(teacher(input_ids=ids).logits[:, :-1].float(), -1)
+        q_log = F.log_softmax(student(input_ids=ids).logits[:, :-1].float(), -1)
+        want = ((p_log.exp() * (p_log - q_log)).sum(-1) * (labels[:, 1:] != -100)).sum()
+    assert logits.shape[1] == 8  # columns 3..10: row 1's targets start at token 4
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -17,7 +17,8 @@ from sketchtune_cli.config import load_config
 from sketchtune_cli.finetune.data import build_datasets
 from sketchtune_cli.training.batches import collate
 from sketchtune_cli.training.trainer import (
-    Trainer, enable_gradient_checkpointing, make_accelerator, token_loss_sum, trainable_luts,
+    Trainer, aligned_loss_sum, enable_gradient_checkpointing, forward_targets, make_accelerator, token_loss_sum,
+    trainable_luts,
 )
 from sketchtune_cli.loading import LUT_ADAPTER, apply_lut_file, load_any, load_sketch_artifact
 
@@ -97,6 +98,26 @@ def test_trained_luts_reload_to_identical_logits(tiny_base, tmp_path):
         apply_lut_file(fresh, tmp_path / LUT_ADAPTER)
         got = fresh(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.equal(got, ref)
+
+
+def test_logits_at_target_columns_give_the_full_logits_loss_and_grads(tiny_base):
+    """The trainer's forward keeps logits only where a response token is predicted: same loss and LUT
+    gradients as the loss over every position's logits (the reference), fewer logits."""
+    model, _, _, batch = _one_batch(tiny_base, n=3)
+    luts = trainable_luts(model)
+    full = token_loss_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                          batch["labels"])
+    full.backward()
+    ref = {n: p.grad.clone() for n, p in luts.items()}
+    model.zero_grad(set_to_none=True)
+    logits, b = forward_targets(model, batch)
+    kept = aligned_loss_sum(logits, b["targets"])
+    kept.backward()
+    assert logits.shape[1] < batch["input_ids"].shape[1] - 1  # prompt positions dropped
+    assert int((b["targets"] != -100).sum()) == int((batch["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(kept, full, rtol=1e-5, atol=1e-4)
+    for n, g in ref.items():
+        torch.testing.assert_close(luts[n].grad, g, rtol=1e-4, atol=1e-6)
 
 
 def _lut_grads(base, checkpointing: str | None) -> tuple[dict, set]:
