@@ -87,7 +87,8 @@ def training_memory_bytes(est: SketchEstimate, config, micro_batch: int, seq_len
 
     LUT gradients and AdamW's two moments are fp32; activations assume bf16 and, with gradient
     checkpointing, one saved hidden state per block plus one block's working set; the fp32 logits of the
-    micro-batch are often the single largest buffer for large vocabularies."""
+    micro-batch are often the single largest buffer for large vocabularies (an upper bound: the trainer
+    keeps logits only at the columns that predict a response token, see training.trainer.forward_targets)."""
     hidden, layers = config.hidden_size, config.num_hidden_layers
     inter = getattr(config, "intermediate_size", 4 * hidden)
     tokens = micro_batch * seq_len
@@ -101,6 +102,70 @@ def training_memory_bytes(est: SketchEstimate, config, micro_batch: int, seq_len
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+# Bytes per (target token, vocabulary entry) that the distillation's KL holds at its peak: the teacher's
+# logits and log-softmax, the student's bf16 logits, fp32 cast and log-softmax, exp(log p), log p - log q
+# and their product (autograd keeps the last three), plus the gradient flowing back: ~8 fp32-sized copies.
+DISTILL_LOGIT_BYTES = 32
+DISTILL_GPU_BYTES = 80 * 10**9  # the issue's yardstick: one 80 GB GPU (A100/H100 80GB)
+
+
+def distill_memory_bytes(est: SketchEstimate, config, micro_batch: int, seq_len: int, checkpointing: bool) -> dict:
+    """Peak memory of compress's LUT distillation on one device, by component: the dense teacher (bf16) and
+    the student sketch (codes, fp32 LUTs, bf16 dense tensors) side by side, the LUTs' gradients and AdamW
+    moments, the student's activations (as :func:`training_memory_bytes`; the teacher's forward keeps one
+    block's working set) and the KL's logits at every calibration position."""
+    train = training_memory_bytes(est, config, micro_batch, seq_len, checkpointing)
+    hidden, inter = config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)
+    parts = {
+        "teacher": est.dense_model_bytes,
+        "student": est.code_bytes + est.trainable_params * 4 + est.dense_bytes,
+        "lut_grads_and_adam": train["lut_grads_and_adam"],
+        "activations": train["activations"] + micro_batch * seq_len * (6 * hidden + 3 * inter) * 2,
+        "logits": micro_batch * seq_len * config.vocab_size * DISTILL_LOGIT_BYTES,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def distill_memory_plan(est: SketchEstimate, config, micro_batch: int, seq_len: int, checkpointing: bool,
+                        device_bytes: int = DISTILL_GPU_BYTES) -> dict:
+    """The distillation's memory at the configured settings and whether it fits ``device_bytes``; when it
+    does not, the lower-memory settings that do, each with its peak: the largest micro-batch that fits
+    without gradient checkpointing (no recompute), then with it; ``fits_with`` is empty when nothing fits (a model whose teacher and student alone
+    exceed the device)."""
+    def peak(mb, ckpt):
+        return distill_memory_bytes(est, config, mb, seq_len, ckpt)
+
+    now = peak(micro_batch, checkpointing)
+    out = {"device_bytes": device_bytes, "configured": now, "fits": now["total"] <= device_bytes, "fits_with": []}
+    if out["fits"]:
+        return out
+    for ckpt in sorted({checkpointing, True}):
+        mb = micro_batch
+        while mb >= 1:
+            total = peak(mb, ckpt)["total"]
+            if total <= device_bytes and (ckpt, mb) != (checkpointing, micro_batch):
+                out["fits_with"].append({"compress.distill_gradient_checkpointing": ckpt,
+                                         "compress.distill_micro_batch_size": mb, "total": total})
+                break
+            mb //= 2
+    return out
+
+
+def distill_plan_rows(plan: dict) -> list[tuple[str, str]]:
+    """(what, value) rows for a table: the distillation's peak, whether it fits, and what would."""
+    rows = [("distill memory per device (predicted)", human_bytes(plan["configured"]["total"]))]
+    rows += [(f"  {part}", human_bytes(n)) for part, n in plan["configured"].items() if part != "total"]
+    verdict = "yes" if plan["fits"] else "NO"
+    rows.append((f"distill fits {human_bytes(plan['device_bytes'])}", verdict))
+    for option in plan["fits_with"]:
+        keys = ", ".join(f"{k}={v}" for k, v in option.items() if k != "total")
+        rows.append((f"  fits with {keys}", human_bytes(option["total"])))
+    if not plan["fits"] and not plan["fits_with"]:
+        rows.append(("  fits with", "nothing: teacher + student alone exceed the device"))
+    return rows
 
 
 # Devices `run --dry-run` and `inspect --estimate` predict compress time for: this machine (probed) and the

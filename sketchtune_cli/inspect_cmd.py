@@ -9,7 +9,8 @@ import typer
 
 from .artifacts import Manifest, lineage, read_manifest, verify_files
 from .errors import UserError
-from .estimate import compress_time_estimates, estimate_for_spec, human_bytes, human_seconds
+from .estimate import (compress_time_estimates, distill_memory_plan, distill_plan_rows, estimate_for_spec,
+                       human_bytes, human_seconds)
 
 EXAMPLES = """
 Examples:
@@ -112,6 +113,7 @@ def _print_table(info: dict) -> None:
     table = Table(show_header=False, box=None)
     for device in (info.pop("compress_time_predicted", None) or {}).values():  # compress.cost_model
         info[f"compress time on {device['device']} (predicted)"] = human_seconds(device["seconds"]["total"])
+    distill = info.pop("distill_memory", None)
     for key, value in info.items():
         if key.endswith("_bytes") and isinstance(value, int):
             value = f"{human_bytes(value)} ({value:,} B)"
@@ -120,6 +122,8 @@ def _print_table(info: dict) -> None:
         elif isinstance(value, (list, dict)):
             value = json.dumps(value, default=str)
         table.add_row(key, str(value))
+    for what, value in distill_plan_rows(distill) if distill else []:  # compress.distill_steps on this model
+        table.add_row(what, value)
     Console().print(table)
 
 
@@ -142,9 +146,14 @@ def inspect(
         from .compress.settings import CompressSettings
         from .models import load_model_config
 
-        info = estimate_for_spec(estimate, bits, groups_per_row).to_dict()
+        est = estimate_for_spec(estimate, bits, groups_per_row)
+        info = est.to_dict()
         settings = CompressSettings(bits=bits, groups_per_row=groups_per_row, num_samples=num_samples, seq_len=seq_len)
-        info["compress_time_predicted"] = compress_time_estimates(load_model_config(estimate), settings)
+        model_config = load_model_config(estimate)
+        info["compress_time_predicted"] = compress_time_estimates(model_config, settings)
+        # compress.distill_steps at its default micro-batch and these calibration sequences
+        info["distill_memory"] = distill_memory_plan(est, model_config, settings.distill_micro_batch_size, seq_len,
+                                                     settings.distill_gradient_checkpointing)
     else:
         info = summarize(artifact)
     if as_json:

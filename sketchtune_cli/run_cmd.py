@@ -54,6 +54,7 @@ def dry_run_report(cfg: RunConfig, stages: list[str] | None = None, overwrite: b
         "base_model_bytes": compress.get("base_model_bytes"),
         "finetune_memory_bytes_rough": finetune.get("finetune_memory_bytes_rough"),
         "calibration_tokens": compress.get("calibration_tokens"),
+        "distill_memory": compress.get("distill_memory"),
         "estimates": _estimates(cfg),
         "train_records": finetune.get("train_records"),
         "optimizer_steps": finetune.get("optimizer_steps"),
@@ -84,7 +85,7 @@ def _print_dry_run(cfg: RunConfig, report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .estimate import human_bytes, human_seconds
+    from .estimate import distill_plan_rows, human_bytes, human_seconds
 
     console = Console(stderr=True)
     console.print("[bold]resolved config[/bold]")
@@ -102,6 +103,9 @@ def _print_dry_run(cfg: RunConfig, report: dict) -> None:
     table.add_row("calibration tokens", f"{report['calibration_tokens'] or 0:,}")
     for device in report["estimates"].get("compress", {}).get("compress_time", {}).values():  # compress.cost_model
         table.add_row(f"compress time on {device['device']} (predicted)", human_seconds(device["seconds"]["total"]))
+    if report["distill_memory"]:
+        for what, value in distill_plan_rows(report["distill_memory"]):
+            table.add_row(what, value)
     table.add_row("training records", "unknown (see the problems)" if report["train_records"] is None else f"{report['train_records']:,}")
     table.add_row("optimizer steps", "unknown" if report["optimizer_steps"] is None else f"{report['optimizer_steps']:,}")
     mem = report["finetune_memory_bytes_rough"]

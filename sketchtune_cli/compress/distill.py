@@ -44,7 +44,8 @@ def loop_settings(s: CompressSettings) -> LoopSettings:
     """The Trainer's settings for a distillation: constant learning rate after a linear warm-up."""
     return LoopSettings(lr=s.distill_lr, max_steps=s.distill_steps, batch_size=s.distill_batch_size,
                         micro_batch_size=s.distill_micro_batch_size, warmup_steps=s.distill_warmup_steps,
-                        scheduler="constant", seed=s.seed, log_every=10)
+                        scheduler="constant", seed=s.seed, log_every=10,
+                        gradient_checkpointing=s.distill_gradient_checkpointing)
 
 
 def distill_problems(s: CompressSettings, world_size: int) -> list[str]:

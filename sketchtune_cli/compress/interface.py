@@ -20,10 +20,18 @@ def check(cfg, job) -> list[str]:
 
 def plan(cfg, job) -> dict:
     est = preflight.sketch_estimate(cfg.model.name, cfg.compress)
-    return {"sketch": est.to_dict(), "trainable_params": est.trainable_params,
-            "base_model_bytes": est.base_model_bytes,
-            "calibration_tokens": cfg.compress.num_samples * cfg.compress.seq_len,
-            "artifact_bytes": est.base_model_bytes}
+    out = {"sketch": est.to_dict(), "trainable_params": est.trainable_params,
+           "base_model_bytes": est.base_model_bytes,
+           "calibration_tokens": cfg.compress.num_samples * cfg.compress.seq_len,
+           "artifact_bytes": est.base_model_bytes}
+    model_config = preflight.model_config(est.model) if cfg.compress.distill_steps else None
+    if model_config is not None:
+        from ..estimate import distill_memory_plan
+
+        s = cfg.compress
+        out["distill_memory"] = distill_memory_plan(est, model_config, s.distill_micro_batch_size, s.seq_len,
+                                                    s.distill_gradient_checkpointing)
+    return out
 
 
 def estimate(cfg) -> dict:

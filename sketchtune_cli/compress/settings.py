@@ -32,6 +32,7 @@ class CompressSettings(Section):
     distill_batch_size: int = Field(8, ge=1, description="calibration sequences per distillation step")
     distill_micro_batch_size: int = Field(2, ge=1, description="sequences per forward; must divide distill_batch_size")
     distill_warmup_steps: int = Field(10, ge=0)
+    distill_gradient_checkpointing: bool = Field(False, description="recompute the student's block activations in the distillation's backward: the lower-memory option `run --dry-run` names when distilling a large model does not fit the device")
     targets: Optional[list[str]] = Field(None, description="module name patterns to sketch (default: all linears in decoder blocks)")
     ignore: list[str] = Field(default_factory=list, description="module name patterns to keep dense")
     lut_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
