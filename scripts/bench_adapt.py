@@ -515,7 +515,8 @@ def markdown(report: dict) -> str:
         f"Model: SmolLM2-135M-Instruct as embedded (its weights were Q4_1 4-bit already: every figure here is on "
         f"that model). Run {report['cells_done']}/{report['cells_total']} cells of the grid"
         f"{' (complete)' if report['cells_done'] == report['cells_total'] else ' (PARTIAL)'}, each in its own process, "
-        f"{report['threads']} thread(s); meant to run alone on the 2-core machine.", "",
+        f"{report['threads']} thread(s); meant to run alone on the 2-core machine. Code: commit(s) "
+        f"{', '.join(report.get('commits') or ['-'])} of this repository.", "",
         f"Data: LLM-Adapters train files {', '.join(TRAIN_FOLDERS)} ({report['data']['records']} unique records) mixed "
         f"with seed 0; validation = the first {s['val_n']} (LR choice, never trained on). Every trained cell: "
         f"{s['steps']} steps x batch {s['batch']} (micro {s['micro']}), max {s['seq_len']} tokens, AdamW, linear "
@@ -603,6 +604,7 @@ def write_report(out: Path, s: Settings, conclusion: str | None = None) -> dict:
         "test_counts": {t: (n or TEST_SIZES[t]) for t, n in test_specs(s) if not t.endswith("_ll")},
         "summary": summary, "ratios": ratios(summary), "verdicts": verdicts(summary), "conclusion": conclusion,
         "threads": ", ".join(sorted({str(r.get("threads", "?")) for r in results.values()})) or str(s.threads),
+        "commits": sorted({r.get("commit", "not recorded") for r in results.values()}),
         "bitsandbytes": next((r["bitsandbytes"] for r in results.values() if "bitsandbytes" in r), None),
         "plot": png.name, "cells": {c: {k: v for k, v in r.items() if k != "train_loss"} for c, r in results.items()},
     }
