@@ -3,8 +3,8 @@
 (embeddings, norms, lm_head) plus ``<module>.lut`` and ``<module>.codes`` (and ``<module>.bias``) for each
 sketched layer. No pickle anywhere.
 
-This module and its transformers twin :mod:`.hf` (``from_pretrained`` of a sketch) are the only code that
-reads or writes sketch checkpoints. Shards and their index are huggingface_hub's
+This module writes sketch checkpoints; its transformers twin :mod:`.hf` (the quantizer ``from_pretrained``
+dispatches to) reads them, for :func:`load_sketch` as for any user of ``from_pretrained``. Shards and their index are huggingface_hub's
 (``save_torch_state_dict`` / ``model.safetensors.index.json``), the same layout ``save_pretrained`` writes."""
 from __future__ import annotations
 
@@ -13,15 +13,12 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import save_torch_state_dict
-from safetensors.torch import load_file
 from torch import nn
 
-from .convert import add_empty_sketches, sketched_layers
+from .convert import sketched_layers
 
 QUANT_METHOD = "sketchtune"
 PACKING = "msb-first-bitstream"  # 4-bit = the SketchTune authors' nibble layout
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_SIZE = 4 << 30  # bytes; export.max_shard_size overrides it for hf-sketch exports
 
 
@@ -56,16 +53,6 @@ def _state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    directory = Path(directory)
-    index = directory / INDEX_NAME
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [WEIGHTS_NAME]
-    state = {}
-    for fname in files:
-        state.update(load_file(directory / fname))
-    return state
-
-
 def save_sketch(model: nn.Module, tokenizer, directory: str | Path, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
                 **quant_extra) -> dict:
     """Save a sketched model as an HF directory: ``model.safetensors``, or shards of at most ``max_shard_size``
@@ -95,41 +82,25 @@ def read_sketch_config(directory: str | Path) -> tuple[dict, dict]:
     return cfg, qcfg
 
 
-def build_sketch_skeleton(config_dict: dict, qcfg: dict, dtype: torch.dtype | None = None) -> nn.Module:
-    """The model with empty SketchedLinear layers; parameters on the meta device, buffers real (so
-    non-persistent buffers such as rotary frequencies are computed as usual)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model(**config_dict)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    add_empty_sketches(model, qcfg["modules"], qcfg["bits"], qcfg["groups_per_row"], stored_lut_dtype(qcfg),
-                       device="meta")
-    return model
-
-
 def stored_lut_dtype(qcfg: dict) -> torch.dtype:
-    """The dtype the LUTs were saved in. Both readers load them in it unless asked for another dtype
-    (``load_sketch(dtype=...)``; ``from_pretrained(dtype=...)`` other than the sketch's own)."""
+    """The dtype the LUTs were saved in; the quantizer loads them in it unless another dtype is asked for
+    (``load_sketch(dtype=...)``, ``from_pretrained(dtype=...)`` other than the sketch's own)."""
     return getattr(torch, qcfg.get("lut_dtype", "float32"))
 
 
 def load_sketch(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
-    """Load a sketch directory into a model with SketchedLinear layers (eval mode).
+    """Load a sketch directory into a model with SketchedLinear layers (eval mode), through transformers'
+    ``from_pretrained`` and the sketchtune quantizer (:mod:`.hf`): the one reader of sketch checkpoints.
 
-    ``dtype`` casts the dense floating tensors and LUTs (codes stay uint8); default: as stored."""
+    ``dtype`` casts the dense floating tensors and LUTs (codes stay uint8); default: as stored. A tensor the
+    checkpoint lacks or one the model has no place for is an error, not a warning and a random init."""
+    from transformers import AutoModelForCausalLM
+
     directory = Path(directory)
-    config_dict, qcfg = read_sketch_config(directory)
-    model = build_sketch_skeleton(config_dict, qcfg)
-    state = read_state_dict(directory)
-    if dtype is not None:
-        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if result.unexpected_keys:
-        raise ValueError(f"{directory}: unexpected tensors {result.unexpected_keys[:3]}")
-    model.tie_weights()
-    still_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
-    if still_meta:
-        raise ValueError(f"{directory}: tensors missing from the checkpoint: {still_meta[:3]}")
+    read_sketch_config(directory)  # a clear error for a directory that is not a sketch
+    model, info = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype or "auto", output_loading_info=True)
+    if info.get("unexpected_keys"):
+        raise ValueError(f"{directory}: unexpected tensors {sorted(info['unexpected_keys'])[:3]}")
+    if info.get("missing_keys"):
+        raise ValueError(f"{directory}: tensors missing from the checkpoint: {sorted(info['missing_keys'])[:3]}")
     return model.to(device).eval()

@@ -1,8 +1,9 @@
 """The transformers side of the sketch format: a quantization config class and an ``HfQuantizer`` that
-loads pre-built sketches (``quant_method: "sketchtune"``). It lives beside :mod:`.format` because both read
-the same directory: both build the skeleton with ``add_empty_sketches`` and take the LUTs' dtype from
-:func:`.format.stored_lut_dtype`.
-Imported only by ``export.hf_integration.register``, because importing transformers' quantizer base is slow."""
+loads pre-built sketches (``quant_method: "sketchtune"``): the one reader of the checkpoints that
+:mod:`.format` writes (``load_sketch`` is ``from_pretrained`` with strict key checks). The LUTs' dtype comes
+from :func:`.format.stored_lut_dtype`.
+Registered by ``export.hf_integration`` (an import hook ``import sketchtune_cli`` installs), because
+importing transformers' quantizer base is slow."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -101,3 +101,17 @@ def test_stored_lut_dtype_is_honoured_by_both_readers(tmp_path):
     for loaded in (load_sketch(tmp_path, dtype=torch.float16), _from_pretrained(tmp_path, dtype=torch.float16)):
         assert loaded.model.layers[0].self_attn.q_proj.lut.dtype == torch.float16
         assert loaded.model.embed_tokens.weight.dtype == torch.float16
+
+
+def test_load_sketch_refuses_a_checkpoint_missing_a_tensor(tmp_path):
+    """from_pretrained alone would warn and initialise the missing LUT at random; load_sketch refuses."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_llama()
+    replace_with_sketches(model, random_sketches(model))
+    save_sketch(model, None, tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["model.layers.0.self_attn.q_proj.lut"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing from the checkpoint.*q_proj.lut"):
+        load_sketch(tmp_path)
