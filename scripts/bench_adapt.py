@@ -330,6 +330,7 @@ def run_cell(cell: str, s: Settings, bases: dict, lr: float | None, lr_sweep: di
     lr = sweep_lr if kind == "sweep" else lr
     torch.manual_seed(seed)
     torch.set_num_threads(s.threads)
+    load_avg_start = os.getloadavg()[0]  # a cell run beside other work shows here (and in its step times)
     t_load = time.perf_counter()
     model, tok, params, rank = build(method, bases)
     load_s = time.perf_counter() - t_load
@@ -362,7 +363,7 @@ def run_cell(cell: str, s: Settings, bases: dict, lr: float | None, lr_sweep: di
             "lr": lr, "lr_sweep_val_loss": lr_sweep, "steps": steps, "train_s": round(sum(times), 1),
             "step_time_s": round(sum(times[steady]) / len(times[steady]), 4),
             "tokens_per_s": round(sum(tokens[steady]) / sum(times[steady]), 1), "tokens": sum(tokens),
-            "train_loss": [round(x, 4) for x in losses],
+            "train_loss": [round(x, 4) for x in losses], "step_times": [round(x, 2) for x in times],
         })
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # load + training only
     cache_dense(model)
@@ -373,6 +374,7 @@ def run_cell(cell: str, s: Settings, bases: dict, lr: float | None, lr_sweep: di
         ns = argparse.Namespace(method=cell, eval_data_dir=s.data_dir, max_new_tokens=s.max_new_tokens, eval_batch=s.eval_batch)
         out["top_answer_share"] = {}
         out["accuracy"], out["eval_s"] = bf.accuracy(model, tok, ns, test_specs(s), out["top_answer_share"])
+    out["load_avg_1min"] = [round(load_avg_start, 2), round(os.getloadavg()[0], 2)]
     return out
 
 
@@ -606,7 +608,8 @@ def write_report(out: Path, s: Settings, conclusion: str | None = None) -> dict:
         "threads": ", ".join(sorted({str(r.get("threads", "?")) for r in results.values()})) or str(s.threads),
         "commits": sorted({r.get("commit", "not recorded") for r in results.values()}),
         "bitsandbytes": next((r["bitsandbytes"] for r in results.values() if "bitsandbytes" in r), None),
-        "plot": png.name, "cells": {c: {k: v for k, v in r.items() if k != "train_loss"} for c, r in results.items()},
+        "plot": png.name,
+        "cells": {c: {k: v for k, v in r.items() if k not in ("train_loss", "step_times")} for c, r in results.items()},
     }
     if any(r["kind"] == "train" for r in results.values()):
         plot(results, png)
