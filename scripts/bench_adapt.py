@@ -45,28 +45,31 @@ after each cell, or alone with ``--report-only``.
     python scripts/bench_adapt.py --smoke                                            # tiny grid, temp dir
 
 Learning-rate centres: configs/commonsense.yaml's 2e-5 is Llama-3-8B's at batch 64 over 3 epochs; for 80 small
-steps on a 135M model the centres are bench_finetune's (sketch 1e-4, LoRA/QLoRA 3e-4) and 3e-5 for full
+steps on a 135M model (200 here) the centres are bench_finetune's (sketch 1e-4, LoRA/QLoRA 3e-4) and 3e-5 for full
 fine-tuning, each swept x/÷3. A chosen value at the edge of its sweep is flagged in the report.
 
 Sizing (measured alone on this 2-core machine at 2 threads, 2026-12-03 07:40 UTC, load average < 1.2; SIZING
 below holds the per-unit costs and ``--plan`` prints the prediction for any settings):
 
-- Unit costs (``--measure``): a step of batch 8 (~740 tokens) 8.3 s sketch-g4, 8.2 sketch-g1, 6.8 LoRA, 7.0
+- Unit costs (``--measure``, first run: micro 8, logits at every position): a step of batch 8 (~740 tokens) 8.3 s sketch-g4, 8.2 sketch-g1, 6.8 LoRA, 7.0
   QLoRA (bnb NF4 dequantizes every forward), 8.6 full; validation 0.28 s per record; eval 0.34-0.69 s per
   generated answer (32 new tokens, batch 16) and 0.16-0.45 s per log-likelihood example, by task, plus ~1.5 s
   per task; a cell's process start and model load 12-15 s; the calibrated bases G=4 + G=1 177 + 126 s.
   (Runs of the same commands while other jobs shared the cores measured 5-10x these: time alone.)
 - Grid: 31 cells = 4 floors + 18 sweep cells (6 methods x 3 LRs) + 9 train cells (sketch-g4, lora-g4, qlora-g4
   x 2 seeds; sketch-g1, lora-g1, full x 1); 13 scored cells (floors + trains).
-- Defaults chosen to fit about 2 hours: 40 steps x batch 8 (320 records, ~30k tokens per trained cell), seq
-  len 256 (no record is longer: max 222), warmup 10, sweeps of 10 steps, validation 64 records, the first 40
-  test examples of each of the 5 tasks in each variant (400 scored answers per cell; 1 example = 2.5 points on
-  a task, 0.5 on an average): predicted 7,639 s (``--plan``: bases 303, eval 176 s per scored cell). 80 steps,
-  20-step sweeps and 50 examples: 12,245 s; the full test sets (9,156 examples per variant) do not fit.
-- Measured: these defaults are too small to rank methods. The pilot (benchmarks/adapt-pilot.md, 11 cells,
-  run alone) shows the trained models settling on one label per task after 40 steps (scores equal to label
-  frequencies). A ranking budget is ~an epoch of the mix (~2,200 steps, ~5 h per cell on this CPU): a GPU
-  run, or many sessions of resumed cells.
+- Defaults (2026-12-03, second run): 200 steps x batch 8 (1,600 records, ~9% of an epoch of the mix; micro 4;
+  the trainer's target-only logits), 20-step sweeps, warmup 20, validation 64 records, the first 40 test
+  examples per task and variant. Measured alone in that run: a 200-step cell 1,973 s (sketch-g4) and ~1,900 s
+  (LoRA r=33) with eval, a 20-step sweep cell ~160 s, a floor ~210-250 s, the calibrated bases ~6 min; the
+  whole 31-cell grid ~5.5 h, so it spans sessions (cells resume).
+- Step times drift upward within one process, for every method (sketch 6.9 -> 9.7 s, LoRA 6.7 -> 7.7 s
+  per 20-step window over 200 steps, load average 2.0 = the cell alone): a per-process effect (allocator,
+  suspected, not yet isolated). Cells now record each step's seconds and the load average.
+- Measured: 40 steps (the pilot, benchmarks/adapt-pilot.md) and 200 steps (benchmarks/adapt.md) both leave
+  the 135M model near each task's label prior (most-common-answer shares 45-100%): the test accuracies
+  cannot rank methods at this budget; the validation loss and the cost columns can. A ranking budget is ~an
+  epoch or more (~2,200 steps, ~5 h per cell here): a GPU run.
 """
 from __future__ import annotations
 
@@ -123,7 +126,9 @@ MAIN = ["sketch-g4", "lora-g4", "qlora-g4"]
 # variant; load: a cell's process start, imports, model load and data read; val: one validation record.
 SIZING = {  # measured alone on this 2-core machine at 2 threads, 2026-12-03 07:40 UTC (--measure, load avg < 1.2)
     "load": {"dense": 12.0, "sketch": 14.0, "nf4": 15.0},
-    "step": {"sketch-g4": 8.3, "sketch-g1": 8.2, "lora-g4": 6.8, "lora-g1": 6.8, "qlora-g4": 7.0, "full": 8.6},
+    # step: sketch-g4 and lora-g4 are the second run's 200-step means (micro 4, drift included); the others
+    # the first run's --measure (micro 8), not yet re-measured
+    "step": {"sketch-g4": 8.75, "sketch-g1": 8.2, "lora-g4": 7.98, "lora-g1": 6.8, "qlora-g4": 7.0, "full": 8.6},
     "eval_per_example": {"st_boolq": 0.35, "st_piqa": 0.69, "st_arc_easy": 0.40, "st_arc_challenge": 0.61,
                          "st_openbookqa": 0.34, "st_boolq_ll": 0.16, "st_piqa_ll": 0.45, "st_arc_easy_ll": 0.31,
                          "st_arc_challenge_ll": 0.41, "st_openbookqa_ll": 0.30},
