@@ -593,7 +593,8 @@ def plot(results: dict, path: Path) -> None:
         y, w = r["train_loss"], max(1, len(r["train_loss"]) // 15)
         smooth = [sum(y[max(0, i - w + 1):i + 1]) / len(y[max(0, i - w + 1):i + 1]) for i in range(len(y))]
         ax.plot(range(1, len(y) + 1), smooth, label=f"{r['method']} (lr {r['lr']:.0e})")
-    ax.set(xlabel="step", ylabel="train loss per response token (moving mean)", title="Training loss, seed 0")
+    ax.set(xlabel="step", ylabel="train loss per response token (moving mean, log scale)", title="Training loss, seed 0")
+    ax.set_yscale("log")  # the format is learned in ~25 steps; the slow part after it is what ranks methods
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
