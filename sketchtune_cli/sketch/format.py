@@ -4,8 +4,9 @@
 sketched layer. No pickle anywhere.
 
 This module writes sketch checkpoints; its transformers twin :mod:`.hf` (the quantizer ``from_pretrained``
-dispatches to) reads them, for :func:`load_sketch` as for any user of ``from_pretrained``. Shards and their index are huggingface_hub's
-(``save_torch_state_dict`` / ``model.safetensors.index.json``), the same layout ``save_pretrained`` writes."""
+dispatches to) reads them, for :func:`load_sketch` as for any user of ``from_pretrained``. Shards and their
+index are huggingface_hub's (``save_torch_state_dict`` / ``model.safetensors.index.json``), the same layout
+``save_pretrained`` writes."""
 from __future__ import annotations
 
 import json
