@@ -662,7 +662,10 @@ def sketch_bases(s: Settings, tmp: Path, todo: list[str]) -> dict:
 def git_commit() -> str:
     """The checkout's commit, "+dirty" when tracked files differ from it (what code a cell ran)."""
     def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        try:
+            return subprocess.check_output(["git", *args], cwd=REPO, text=True, stderr=subprocess.DEVNULL).strip()
+        except (OSError, subprocess.CalledProcessError):  # no git, or not a checkout: recorded as "unknown"
+            return ""
 
     return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if git("status", "--porcelain", "-uno") else "")
 
