@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO))  # appended: at the front its kernels/ would shadow Hugging Face's kernels (transformers >= 5.25)
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_compress import calibration_source, heldout_sets, perplexities  # noqa: E402

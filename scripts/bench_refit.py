@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO))  # appended: at the front its kernels/ would shadow Hugging Face's kernels (transformers >= 5.25)
 sys.path.insert(0, str(REPO / "tests" / "compress"))
 
 from sketchtune_cli.compress.refit import _slots, _solve, refit_luts, weighted_rows  # noqa: E402

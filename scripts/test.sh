@@ -7,10 +7,6 @@ cd "$(dirname "$0")/.."
 EXTRAS="${EXTRAS:-test}" source scripts/setup_env.sh
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-# `python -m` would put this checkout's root on sys.path, where `kernels/` (installed as sketchtune_kernels)
-# shadows Hugging Face's `kernels` package that transformers >= 5.25 imports. Safe-path mode keeps the root
-# off sys.path here and in every `python -m sketchtune_cli` the tests start.
-export PYTHONSAFEPATH=1
 # Pre-convert the embedded model once so test timings don't include it.
 python -c "from sketchtune_cli.models import embedded_model_dir; embedded_model_dir()"
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO))  # appended: at the front its kernels/ would shadow Hugging Face's kernels (transformers >= 5.25)
 
 from sketchtune_cli.compress import timing  # noqa: E402
 from sketchtune_cli.compress.cost_model import block_seconds  # noqa: E402

@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO))  # appended: at the front its kernels/ would shadow Hugging Face's kernels (transformers >= 5.25)
 
 from sketchtune_cli.compress import timing  # noqa: E402
 from sketchtune_cli.compress.cost_model import (  # noqa: E402

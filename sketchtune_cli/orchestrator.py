@@ -51,8 +51,7 @@ def is_current(stage: str, existing: Manifest, cfg: RunConfig, parent: Manifest 
     return bool(existing.parent) and existing.parent.get("content_hash") == parent.content_hash
 
 
-# The artifact each stage consumes, and the stage name each artifact's manifest records.
-PARENT_STAGE = {name: stages.get(name).parent for name in STAGES}
+# The stage name each artifact's manifest records.
 ARTIFACT_STAGE = {name: stages.get(name).artifact for name in STAGES}
 
 

@@ -150,10 +150,6 @@ def artifact_problems(path: str | Path, stage, base: str | Path | None = None) -
     return []
 
 
-def artifact_bytes(path: str | Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
 # ---- all together -------------------------------------------------------------------------------------------
 
 def unique(problems: list[str]) -> list[str]:

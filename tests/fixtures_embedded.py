@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 SKETCH_ARGS = ["--bits", "4", "--groups-per-row", "4", "--calib", "builtin", "--num-samples", "16",
                "--seq-len", "256", "--device", "cpu",
                "compress.lut_refit_rounds=1"]  # the tests check the machinery; the quality default (6) is benchmarked
-SOURCES = ["sketchtune_cli/compress", "sketchtune_cli/sketch", "kernels/packing.py", "sketchtune_cli/models.py"]
+SOURCES = ["sketchtune_cli/compress", "sketchtune_cli/sketch", "kernels/sketchtune_kernels/packing.py", "sketchtune_cli/models.py"]
 
 
 def _source_key() -> str:

@@ -22,7 +22,6 @@ from .refit import _CHUNK_BYTES as _REFIT_CHUNK_BYTES
 from .settings import CompressSettings
 
 LAYER_PHASES = ("prepare", "kmeans", "codes", "refit", "objective", "error")
-BLOCK_PHASES = ("forward", "hessian")
 # Lloyd iterations per (row, group) problem until the tolerance stops it: 13-15 on the embedded model's
 # layers at 4 bits, 18-42 on Gaussian rows (benchmarks/cost_model.md); the default ceiling (100) is rarely reached.
 ASSUMED_KMEANS_ITERATIONS = 20
@@ -146,7 +145,7 @@ def codes_work(R: int, C: int, block: int, gpu: bool = False) -> Work:
     """One error-compensated assignment: the lazy updates are R*C^2 flops (multiply-adds over the upper
     triangle). On a CPU (the PyTorch loop): plus the in-block updates, ~6.45 dispatches per column (5 in the
     loop, the rest per 32-column inner block), per column a rank-1 update of up to 32 transposed rows and a
-    few [R] vectors. On a GPU (kernels/triton_assign.py): one launch and ~8 operations per block, the
+    few [R] vectors. On a GPU (sketchtune_kernels.triton_assign): one launch and ~8 operations per block, the
     kernel's ~8 float operations per weight and block column billed at the fp32 matmul rate (CUDA cores)."""
     if gpu:
         blocks = math.ceil(C / block)

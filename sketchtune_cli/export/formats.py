@@ -17,7 +17,6 @@ from ..artifacts import Manifest
 from ..sketch import lut_state_dict, materialize_dense, save_sketch, sketched_layers
 from .lut_adapter import write_lut_adapter
 
-FORMATS = ("hf-dense", "hf-sketch", "lut-only")
 # quantization_config keys save_sketch derives from the model; any others (compress settings) are carried over
 _DERIVED_QCFG_KEYS = {"quant_method", "format_version", "bits", "groups_per_row", "packing", "lut_dtype", "modules"}
 

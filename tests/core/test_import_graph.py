@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# import name -> source directory (kernels/ is installed as sketchtune_kernels)
-PACKAGES = {"sketchtune_cli": REPO / "sketchtune_cli", "sketchtune_kernels": REPO / "kernels"}
+# import name -> source directory (kernels/sketchtune_kernels/ is installed as sketchtune_kernels)
+PACKAGES = {"sketchtune_cli": REPO / "sketchtune_cli", "sketchtune_kernels": REPO / "kernels" / "sketchtune_kernels"}
 
 
 def _modules() -> dict[str, Path]:

@@ -179,7 +179,7 @@ def test_larger_layers(bits):
            torch.float32)
 
 
-# ---- compress's code assignment (kernels/triton_assign.py) ---------------------------------------------
+# ---- compress's code assignment (triton_assign.py) ---------------------------------------------
 
 def _assign_problem(rows, n, groups, bits, seed=0):
     gen = torch.Generator().manual_seed(seed)

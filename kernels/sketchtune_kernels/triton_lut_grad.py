@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 
 from .packing import group_size
-from .triton_common import (check_codes, check_out, dot, dot_precision, dot_upcast, interpreting, load_codes,
-                            scratch)
+from .triton_common import (block_range, check_codes, check_out, dot, dot_precision, dot_upcast, interpreting,
+                            load_codes, scratch, split_range)
 
 
 @triton.jit
@@ -42,60 +42,50 @@ def _store_bins(out_ptr, acc, r, rmask, pid_g, pid_s, s_os, s_or, s_og, s_ol, LE
 
 
 @triton.jit
-def _lut_grad_kernel(
-    gw_ptr, codes_ptr, out_ptr,
-    rows, n, nbytes, cols_per_split,
-    s_gr, s_gc, s_cr, s_cg, s_cb, s_os, s_or, s_og, s_ol,
-    BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    pid_r, pid_g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    LEVELS: tl.constexpr = 1 << BITS
-    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    rmask = r < rows
-    acc = tl.zeros([BLOCK_R, LEVELS], dtype=tl.float32)
-    k_start = pid_s * cols_per_split
-    k_end = tl.minimum(k_start + cols_per_split, n)
-    for k0 in range(k_start, k_end, BLOCK_C):
-        k = k0 + tl.arange(0, BLOCK_C)
-        mask = rmask[:, None] & (k < k_end)[None, :]
-        col = (pid_g * n + k)[None, :]
-        g = tl.load(gw_ptr + r.to(tl.int64)[:, None] * s_gr + col * s_gc, mask=mask, other=0.0).to(tl.float32)
-        code = load_codes(codes_ptr, r[:, None], pid_g, k[None, :], s_cr, s_cg, s_cb, nbytes, mask, BITS)
-        acc = _bin_tile(acc, g, code, LEVELS)
-    _store_bins(out_ptr, acc, r, rmask, pid_g, pid_s, s_os, s_or, s_og, s_ol, LEVELS)
+def _grad_tile_from_io(gy_ptr, x_ptr, r, rmask, col, kmask, tokens, s_yt, s_yr, s_xt, s_xc,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
+                       PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """The ``[BLOCK_R, BLOCK_C]`` tile of ``grad_W = grad_y^T @ x``, accumulated in fp32 over the tokens."""
+    gw = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    for t0 in range(0, tokens, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        tmask = t < tokens
+        gy = tl.load(gy_ptr + t.to(tl.int64)[None, :] * s_yt + r[:, None] * s_yr,
+                     mask=rmask[:, None] & tmask[None, :], other=0.0)
+        xt = tl.load(x_ptr + t.to(tl.int64)[:, None] * s_xt + col[None, :] * s_xc,
+                     mask=tmask[:, None] & kmask[None, :], other=0.0)
+        gw = dot(gy, xt, gw, PREC, UPCAST)
+    return gw
 
 
 @triton.jit
-def _lut_grad_from_io_kernel(
-    gy_ptr, x_ptr, codes_ptr, out_ptr,
+def _lut_grad_kernel(
+    gw_ptr, gy_ptr, x_ptr, codes_ptr, out_ptr,
     tokens, rows, n, nbytes, cols_per_split,
-    s_yt, s_yr, s_xt, s_xc, s_cr, s_cg, s_cb, s_os, s_or, s_og, s_ol,
+    s_gr, s_gc, s_yt, s_yr, s_xt, s_xc, s_cr, s_cg, s_cb, s_os, s_or, s_og, s_ol,
     BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr,
+    FROM_IO: tl.constexpr,  # form grad_W tiles from grad_y and x (gw_ptr unused), else read them at gw_ptr
 ):
     pid_r, pid_g, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     LEVELS: tl.constexpr = 1 << BITS
-    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    rmask = r < rows
+    r, rmask = block_range(pid_r, rows, BLOCK_R)
+    k_start, k_end = split_range(pid_s, cols_per_split, n)
     acc = tl.zeros([BLOCK_R, LEVELS], dtype=tl.float32)
-    k_start = pid_s * cols_per_split
-    k_end = tl.minimum(k_start + cols_per_split, n)
     for k0 in range(k_start, k_end, BLOCK_C):
         k = k0 + tl.arange(0, BLOCK_C)
         kmask = k < k_end
-        col = pid_g * n + k
-        gw = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-        for t0 in range(0, tokens, BLOCK_T):
-            t = t0 + tl.arange(0, BLOCK_T)
-            tmask = t < tokens
-            gy = tl.load(gy_ptr + t.to(tl.int64)[None, :] * s_yt + r[:, None] * s_yr,
-                         mask=rmask[:, None] & tmask[None, :], other=0.0)
-            xt = tl.load(x_ptr + t.to(tl.int64)[:, None] * s_xt + col[None, :] * s_xc,
-                         mask=tmask[:, None] & kmask[None, :], other=0.0)
-            gw = dot(gy, xt, gw, PREC, UPCAST)
         mask = rmask[:, None] & kmask[None, :]
+        col = pid_g * n + k
+        if FROM_IO:
+            g = _grad_tile_from_io(gy_ptr, x_ptr, r, rmask, col, kmask, tokens, s_yt, s_yr, s_xt, s_xc,
+                                   BLOCK_R, BLOCK_C, BLOCK_T, PREC, UPCAST)
+            g = tl.where(mask, g, 0.0)
+        else:
+            g = tl.load(gw_ptr + r.to(tl.int64)[:, None] * s_gr + col[None, :] * s_gc, mask=mask,
+                        other=0.0).to(tl.float32)
         code = load_codes(codes_ptr, r[:, None], pid_g, k[None, :], s_cr, s_cg, s_cb, nbytes, mask, BITS)
-        acc = _bin_tile(acc, tl.where(mask, gw, 0.0), code, LEVELS)
+        acc = _bin_tile(acc, g, code, LEVELS)
     _store_bins(out_ptr, acc, r, rmask, pid_g, pid_s, s_os, s_or, s_og, s_ol, LEVELS)
 
 
@@ -138,9 +128,9 @@ def lut_grad_triton(grad_w: torch.Tensor, codes: torch.Tensor, bits: int, groups
     block_r, block_c = 32, 64
     grid, per_split, target = _launch_plan(out, rows, groups_per_row, n, block_r, block_c, splits)
     _lut_grad_kernel[grid](
-        grad_w, codes, target, rows, n, nbytes, per_split,
-        *grad_w.stride(), *codes.stride(), *target.stride(),
-        BITS=bits, BLOCK_R=block_r, BLOCK_C=block_c,
+        grad_w, grad_w, grad_w, codes, target, 0, rows, n, nbytes, per_split,
+        *grad_w.stride(), 0, 0, 0, 0, *codes.stride(), *target.stride(),
+        BITS=bits, BLOCK_R=block_r, BLOCK_C=block_c, BLOCK_T=16, PREC="ieee", UPCAST=False, FROM_IO=False,
     )
     return _finish(target, out)
 
@@ -162,10 +152,10 @@ def lut_grad_from_io_triton(grad_y: torch.Tensor, x: torch.Tensor, codes: torch.
         return out.zero_()
     block_r, block_c, block_t = (32, 64, 64) if interpreting() else (64, 64, 32)
     grid, per_split, target = _launch_plan(out, rows, groups_per_row, n, block_r, block_c, splits)
-    _lut_grad_from_io_kernel[grid](
-        gy, x2, codes, target, gy.shape[0], rows, n, nbytes, per_split,
-        *gy.stride(), *x2.stride(), *codes.stride(), *target.stride(),
+    _lut_grad_kernel[grid](
+        gy, gy, x2, codes, target, gy.shape[0], rows, n, nbytes, per_split,
+        0, 0, *gy.stride(), *x2.stride(), *codes.stride(), *target.stride(),
         BITS=bits, BLOCK_R=block_r, BLOCK_C=block_c, BLOCK_T=block_t, PREC=dot_precision(gy.dtype),
-        UPCAST=dot_upcast(gy.dtype),
+        UPCAST=dot_upcast(gy.dtype), FROM_IO=True,
     )
     return _finish(target, out)

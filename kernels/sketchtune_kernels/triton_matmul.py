@@ -13,8 +13,8 @@ import triton
 import triton.language as tl
 
 from .packing import group_size
-from .triton_common import (check_codes, check_out, dot, dot_precision, dot_upcast, interpreting, load_codes,
-                            scratch)
+from .triton_common import (block_range, check_codes, check_out, dot, dot_precision, dot_upcast, interpreting,
+                            load_codes, scratch, split_range)
 
 
 @triton.jit
@@ -26,13 +26,11 @@ def _lut_matmul_kernel(
     PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_t, pid_r, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    tmask, rmask = t < tokens, r < rows
+    t, tmask = block_range(pid_t, tokens, BLOCK_T)
+    r, rmask = block_range(pid_r, rows, BLOCK_R)
     r64 = r.to(tl.int64)[None, :]
     acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
-    k_start = pid_s * cols_per_split
-    k_end = tl.minimum(k_start + cols_per_split, cols)
+    k_start, k_end = split_range(pid_s, cols_per_split, cols)
     for k0 in range(k_start, k_end, BLOCK_K):
         c = k0 + tl.arange(0, BLOCK_K)
         cmask = c < k_end

@@ -61,6 +61,20 @@ def check_codes(codes: torch.Tensor, rows: int, groups: int, group_size: int, bi
 
 
 @triton.jit
+def block_range(pid, size, BLOCK: tl.constexpr):
+    """The indices of program ``pid``'s block along a dimension of ``size``, and their in-range mask."""
+    idx = pid * BLOCK + tl.arange(0, BLOCK)
+    return idx, idx < size
+
+
+@triton.jit
+def split_range(pid_s, per_split, size):
+    """[start, end) of split ``pid_s`` of a reduction over ``size`` columns cut into ``per_split`` pieces."""
+    start = pid_s * per_split
+    return start, tl.minimum(start + per_split, size)
+
+
+@triton.jit
 def load_codes(codes_ptr, row, grp, k, s_cr, s_cg, s_cb, nbytes, mask, BITS: tl.constexpr):
     """Code of column ``k`` of group ``grp`` in ``row`` (broadcastable int tensors) from the packed bytes.
 
