@@ -82,6 +82,19 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} TB"
 
 
+def block_working_set_bytes(config, tokens: int) -> int:
+    """bf16 activations one decoder block holds for backward over ``tokens`` tokens: ~6 hidden-sized
+    (norms, q/k/v/o, residual) and ~3 intermediate-sized (gate, up, their product) tensors."""
+    inter = getattr(config, "intermediate_size", 4 * config.hidden_size)
+    return tokens * (6 * config.hidden_size + 3 * inter) * 2
+
+
+def memory_rows(title: str, parts: dict) -> list[tuple[str, str]]:
+    """(what, value) table rows: a memory estimate's total under ``title``, then each component indented."""
+    return [(title, human_bytes(parts["total"]))] + [(f"  {part}", human_bytes(n)) for part, n in parts.items()
+                                                     if part != "total"]
+
+
 def training_memory_bytes(est: SketchEstimate, config, micro_batch: int, seq_len: int, checkpointing: bool) -> dict:
     """A rough peak-memory estimate for fine-tuning (per device), by component.
 
@@ -89,11 +102,9 @@ def training_memory_bytes(est: SketchEstimate, config, micro_batch: int, seq_len
     checkpointing, one saved hidden state per block plus one block's working set; the fp32 logits of the
     micro-batch are often the single largest buffer for large vocabularies (an upper bound: the trainer
     keeps logits only at the columns that predict a response token, see training.trainer.forward_targets)."""
-    hidden, layers = config.hidden_size, config.num_hidden_layers
-    inter = getattr(config, "intermediate_size", 4 * hidden)
-    tokens = micro_batch * seq_len
-    block_working = tokens * (6 * hidden + 3 * inter) * 2
-    saved = tokens * hidden * 2 * layers if checkpointing else block_working * layers
+    layers, tokens = config.num_hidden_layers, micro_batch * seq_len
+    block_working = block_working_set_bytes(config, tokens)
+    saved = tokens * config.hidden_size * 2 * layers if checkpointing else block_working * layers
     parts = {
         "base_model": est.base_model_bytes,
         "lut_grads_and_adam": est.trainable_params * 4 * 3,
@@ -111,60 +122,83 @@ DISTILL_LOGIT_BYTES = 32
 DISTILL_GPU_BYTES = 80 * 10**9  # the issue's yardstick: one 80 GB GPU (A100/H100 80GB)
 
 
-def distill_memory_bytes(est: SketchEstimate, config, micro_batch: int, seq_len: int, checkpointing: bool) -> dict:
-    """Peak memory of compress's LUT distillation on one device, by component: the dense teacher (bf16) and
-    the student sketch (codes, fp32 LUTs, bf16 dense tensors) side by side, the LUTs' gradients and AdamW
-    moments, the student's activations (as :func:`training_memory_bytes`; the teacher's forward keeps one
-    block's working set) and the KL's logits at every calibration position."""
+def distill_memory_bytes(est: SketchEstimate, config, micro_batch: int, seq_len: int, checkpointing: bool,
+                         teacher: str = "online") -> dict:
+    """Peak memory of compress's LUT distillation on one device while the LUTs train, by component: the
+    dense teacher (bf16; none with ``teacher="topk"``, whose targets wait on the CPU) and the student sketch
+    (codes, fp32 LUTs, bf16 dense tensors) side by side, the LUTs' gradients and AdamW moments, the student's
+    activations (as :func:`training_memory_bytes`; the teacher's forward keeps one block's working set) and
+    the KL's logits at every calibration position."""
     train = training_memory_bytes(est, config, micro_batch, seq_len, checkpointing)
-    hidden, inter = config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)
+    online = teacher == "online"
     parts = {
-        "teacher": est.dense_model_bytes,
+        "teacher": est.dense_model_bytes if online else 0,
         "student": est.code_bytes + est.trainable_params * 4 + est.dense_bytes,
         "lut_grads_and_adam": train["lut_grads_and_adam"],
-        "activations": train["activations"] + micro_batch * seq_len * (6 * hidden + 3 * inter) * 2,
+        "activations": train["activations"] + (block_working_set_bytes(config, micro_batch * seq_len) if online else 0),
         "logits": micro_batch * seq_len * config.vocab_size * DISTILL_LOGIT_BYTES,
     }
     parts["total"] = sum(parts.values())
     return parts
 
 
-def distill_memory_plan(est: SketchEstimate, config, micro_batch: int, seq_len: int, checkpointing: bool,
-                        device_bytes: int = DISTILL_GPU_BYTES) -> dict:
-    """The distillation's memory at the configured settings and whether it fits ``device_bytes``; when it
-    does not, the lower-memory settings that do, each with its peak: the largest micro-batch that fits
-    without gradient checkpointing (no recompute), then with it; ``fits_with`` is empty when nothing fits (a model whose teacher and student alone
-    exceed the device)."""
-    def peak(mb, ckpt):
-        return distill_memory_bytes(est, config, mb, seq_len, ckpt)
+def teacher_pass_bytes(est: SketchEstimate, config, micro_batch: int, seq_len: int) -> dict:
+    """Peak memory of the ``topk`` teacher's one pass (before the student trains, alone on the device): the
+    teacher, one block's working set, and its fp32 logits with their log-softmax and top-k work (~3 copies)."""
+    parts = {"teacher": est.dense_model_bytes,
+             "activations": block_working_set_bytes(config, micro_batch * seq_len),
+             "logits": micro_batch * seq_len * config.vocab_size * 4 * 3}
+    parts["total"] = sum(parts.values())
+    return parts
 
-    now = peak(micro_batch, checkpointing)
-    out = {"device_bytes": device_bytes, "configured": now, "fits": now["total"] <= device_bytes, "fits_with": []}
+
+def distill_memory_plan(est: SketchEstimate, config, micro_batch: int, seq_len: int, checkpointing: bool,
+                        teacher: str = "online", device_bytes: int = DISTILL_GPU_BYTES) -> dict:
+    """The distillation's memory at the configured settings and whether it fits ``device_bytes``; when it
+    does not, the lower-memory settings that do, each with its peak: the largest micro-batch that fits without
+    gradient checkpointing (no recompute), then with it, then the same with the ``topk`` teacher (not an exact
+    KL, so offered last); ``fits_with`` is empty when nothing fits (a student alone beyond the device)."""
+    def peak(mb, ckpt, mode) -> int:
+        phases = [distill_memory_bytes(est, config, mb, seq_len, ckpt, mode)["total"]]
+        if mode == "topk":
+            phases.append(teacher_pass_bytes(est, config, mb, seq_len)["total"])
+        return max(phases)
+
+    now = distill_memory_bytes(est, config, micro_batch, seq_len, checkpointing, teacher)
+    out = {"device_bytes": device_bytes, "teacher": teacher, "configured": now,
+           "fits": peak(micro_batch, checkpointing, teacher) <= device_bytes, "fits_with": []}
+    if teacher == "topk":
+        out["teacher_pass"] = teacher_pass_bytes(est, config, micro_batch, seq_len)
     if out["fits"]:
         return out
-    for ckpt in sorted({checkpointing, True}):
-        mb = micro_batch
-        while mb >= 1:
-            total = peak(mb, ckpt)["total"]
-            if total <= device_bytes and (ckpt, mb) != (checkpointing, micro_batch):
-                out["fits_with"].append({"compress.distill_gradient_checkpointing": ckpt,
-                                         "compress.distill_micro_batch_size": mb, "total": total})
-                break
-            mb //= 2
+    for mode in dict.fromkeys([teacher, "topk"]):
+        for ckpt in sorted({checkpointing, True}):
+            mb = micro_batch
+            while mb >= 1:
+                total = peak(mb, ckpt, mode)
+                if total <= device_bytes and (ckpt, mb, mode) != (checkpointing, micro_batch, teacher):
+                    out["fits_with"].append({"compress.distill_teacher": mode,
+                                             "compress.distill_gradient_checkpointing": ckpt,
+                                             "compress.distill_micro_batch_size": mb, "total": total})
+                    break
+                mb //= 2
+        if out["fits_with"]:
+            break
     return out
 
 
 def distill_plan_rows(plan: dict) -> list[tuple[str, str]]:
     """(what, value) rows for a table: the distillation's peak, whether it fits, and what would."""
-    rows = [("distill memory per device (predicted)", human_bytes(plan["configured"]["total"]))]
-    rows += [(f"  {part}", human_bytes(n)) for part, n in plan["configured"].items() if part != "total"]
+    rows = memory_rows("distill memory per device (predicted)", plan["configured"])
+    if "teacher_pass" in plan:  # distill_teacher=topk: the teacher's pass runs first, alone
+        rows += memory_rows("  top-k teacher pass, before training", plan["teacher_pass"])
     verdict = "yes" if plan["fits"] else "NO"
     rows.append((f"distill fits {human_bytes(plan['device_bytes'])}", verdict))
     for option in plan["fits_with"]:
         keys = ", ".join(f"{k}={v}" for k, v in option.items() if k != "total")
         rows.append((f"  fits with {keys}", human_bytes(option["total"])))
     if not plan["fits"] and not plan["fits_with"]:
-        rows.append(("  fits with", "nothing: teacher + student alone exceed the device"))
+        rows.append(("  fits with", "nothing: the student alone, or the teacher's pass, exceeds the device"))
     return rows
 
 

@@ -153,7 +153,7 @@ def inspect(
         info["compress_time_predicted"] = compress_time_estimates(model_config, settings)
         # compress.distill_steps at its default micro-batch and these calibration sequences
         info["distill_memory"] = distill_memory_plan(est, model_config, settings.distill_micro_batch_size, seq_len,
-                                                     settings.distill_gradient_checkpointing)
+                                                     settings.distill_gradient_checkpointing, settings.distill_teacher)
     else:
         info = summarize(artifact)
     if as_json:

@@ -85,7 +85,7 @@ def _print_dry_run(cfg: RunConfig, report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .estimate import distill_plan_rows, human_bytes, human_seconds
+    from .estimate import distill_plan_rows, human_bytes, human_seconds, memory_rows
 
     console = Console(stderr=True)
     console.print("[bold]resolved config[/bold]")
@@ -109,10 +109,8 @@ def _print_dry_run(cfg: RunConfig, report: dict) -> None:
     table.add_row("training records", "unknown (see the problems)" if report["train_records"] is None else f"{report['train_records']:,}")
     table.add_row("optimizer steps", "unknown" if report["optimizer_steps"] is None else f"{report['optimizer_steps']:,}")
     mem = report["finetune_memory_bytes_rough"]
-    if mem:
-        table.add_row("fine-tune memory per device (rough)", human_bytes(mem["total"]))
-        for part in ("base_model", "lut_grads_and_adam", "activations", "logits"):
-            table.add_row(f"  {part}", human_bytes(mem[part]))
+    for what, value in memory_rows("fine-tune memory per device (rough)", mem) if mem else []:
+        table.add_row(what, value)
     for stage, action in report["actions"].items():
         size = report["artifact_bytes"].get(stage)
         table.add_row(f"{stage}: {action}", human_bytes(size) if size else "")

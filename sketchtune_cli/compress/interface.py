@@ -30,7 +30,7 @@ def plan(cfg, job) -> dict:
 
         s = cfg.compress
         out["distill_memory"] = distill_memory_plan(est, model_config, s.distill_micro_batch_size, s.seq_len,
-                                                    s.distill_gradient_checkpointing)
+                                                    s.distill_gradient_checkpointing, s.distill_teacher)
     return out
 
 

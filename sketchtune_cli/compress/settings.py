@@ -33,6 +33,8 @@ class CompressSettings(Section):
     distill_micro_batch_size: int = Field(2, ge=1, description="sequences per forward; must divide distill_batch_size")
     distill_warmup_steps: int = Field(10, ge=0)
     distill_gradient_checkpointing: bool = Field(False, description="recompute the student's block activations in the distillation's backward: the lower-memory option `run --dry-run` names when distilling a large model does not fit the device")
+    distill_teacher: Literal["online", "topk"] = Field("online", description="online: the dense teacher runs beside the student at every step (exact KL); topk: one teacher pass first keeps its distill_topk most likely next tokens per calibration position (to the .partial directory), then the teacher leaves memory and the KL is taken over those tokens plus one bucket for the rest (the lower-memory option when teacher and student don't fit together)")
+    distill_topk: int = Field(64, ge=1, description="next tokens kept per position when distill_teacher=topk")
     targets: Optional[list[str]] = Field(None, description="module name patterns to sketch (default: all linears in decoder blocks)")
     ignore: list[str] = Field(default_factory=list, description="module name patterns to keep dense")
     lut_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"

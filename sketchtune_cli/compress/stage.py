@@ -111,9 +111,11 @@ def _distill(cfg, model, tokenizer, result, calib, device, partial, chash: str, 
     """The layer-wise sketch becomes SketchedLinear layers with float32 LUTs and trains toward a fresh copy
     of the dense model (compress/distill.py); returns the distillation's summary and loss curve."""
     replace_with_sketches(model, result.sketches, lut_dtype=torch.float32)
-    teacher, _ = load_model(cfg.model.name, dtype=torch_dtype(cfg.model.dtype, str(device)), device="cpu")
-    summary = distill(model, teacher, tokenizer, calib.input_ids, cfg.compress, device, partial, chash, resume)
-    del teacher
+
+    def load_teacher():
+        return load_model(cfg.model.name, dtype=torch_dtype(cfg.model.dtype, str(device)), device="cpu")[0]
+
+    summary = distill(model, load_teacher, tokenizer, calib.input_ids, cfg.compress, device, partial, chash, resume)
     model.to("cpu")
     keep = ("steps", "first_loss", "final_loss", "train_seconds", "tokens", "loss_curve")
     return {k: summary[k] for k in keep if k in summary}

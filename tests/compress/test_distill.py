@@ -115,3 +115,63 @@ def test_teacher_kl_at_target_columns_equals_the_full_kl(tiny_model_dir):
         want = ((p_log.exp() * (p_log - q_log)).sum(-1) * (labels[:, 1:] != -100)).sum()
     assert logits.shape[1] == 8  # columns 3..10: row 1's targets start at token 4
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_coarse_kl_is_the_full_kl_over_all_tokens_and_a_lower_bound_over_fewer():
+    """The top-k teacher's loss against an independent KL: equal when the kept tokens are all of them,
+    between 0 and the full KL (coarse-graining never raises a KL) when they are a few."""
+    from sketchtune_cli.compress.distill import coarse_kl, coarse_log_probs
+
+    torch.manual_seed(0)
+    teacher, student = torch.randn(3, 5, 50), torch.randn(3, 5, 50)
+    p, q = F.log_softmax(teacher, -1), F.log_softmax(student, -1)
+    full = (p.exp() * (p - q)).sum(-1)
+    for k, exact in ((50, True), (4, False)):
+        index = teacher.topk(k, -1).indices
+        kl = coarse_kl(*coarse_log_probs(teacher, index), *coarse_log_probs(student, index))
+        if exact:
+            torch.testing.assert_close(kl, full, rtol=1e-5, atol=1e-6)
+        else:
+            assert (kl >= -1e-6).all() and (kl <= full + 1e-6).all() and (kl < full - 1e-3).any()
+            # by hand for one position: the kept tokens, then everything else as one bucket
+            pk, qk = p[0, 0].exp()[index[0, 0]], q[0, 0].exp()[index[0, 0]]
+            by_hand = (pk * (pk / qk).log()).sum() + (1 - pk.sum()) * ((1 - pk.sum()) / (1 - qk.sum())).log()
+            torch.testing.assert_close(kl[0, 0], by_hand, rtol=1e-4, atol=1e-6)
+
+
+def test_topk_teacher_over_the_whole_vocabulary_gives_the_online_loss(tiny_model_dir):
+    """TopKTeacherKL from a teacher pass that keeps every token equals TeacherKL on the same batch, rows found
+    by their tokens whatever their order in the batch."""
+    from transformers import AutoModelForCausalLM
+
+    from sketchtune_cli.compress.distill import TeacherKL, TopKTeacherKL, teacher_topk
+    from sketchtune_cli.training.trainer import forward_targets
+
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    calib = torch.randint(0, teacher.config.vocab_size, (3, 10))
+    targets = teacher_topk(teacher, calib, teacher.config.vocab_size, micro_batch=2)
+    assert targets["index"].shape == (3, 9, teacher.config.vocab_size) and targets["log_p_rest"].shape == (3, 9)
+    ids = calib[[2, 0]]  # a batch of calibration rows 2 and 0
+    labels = ids.clone()
+    labels[0, :5] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    with torch.no_grad():
+        logits, b = forward_targets(student, batch)
+        torch.testing.assert_close(TopKTeacherKL(targets, calib)(logits, b), TeacherKL(teacher)(logits, b),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_topk_teacher_distillation_lowers_the_kl_and_leaves_no_targets_behind(tiny_model_dir, tmp_path, run_cli):
+    plain, distilled = tmp_path / "plain", tmp_path / "topk"
+    assert run_cli("compress", tiny_model_dir, "-o", plain, *ARGS)[0] == 0
+    code, _, err = run_cli("compress", tiny_model_dir, "-o", distilled, "--distill-steps", "12", *ARGS,
+                           "compress.distill_teacher=topk", "compress.distill_topk=8")
+    assert code == 0, err
+    assert read_manifest(distilled).config["compress"]["distill_teacher"] == "topk"
+    assert _kl_to_dense(tiny_model_dir, distilled) < 0.8 * _kl_to_dense(tiny_model_dir, plain)
+    assert not (distilled / "distill").exists() and not partial_dir(distilled).exists()

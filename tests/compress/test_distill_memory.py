@@ -62,3 +62,22 @@ def test_inspect_estimate_and_dry_run_print_the_distillation_memory(capsys, tmp_
                                 f"output_dir={tmp_path / 'runs'}")
     assert code == 0, err
     assert "distill memory per device (predicted)" in err and "distill fits 80.00 GB" in err
+
+
+def test_the_topk_teacher_is_offered_when_teacher_and_student_do_not_fit_together():
+    """A 24 GB device: Llama-3-8B's bf16 teacher (16 GB) fits alone, not beside the student and the KL's
+    logits at any micro-batch; the topk teacher's two phases (teacher pass, then the student alone) do."""
+    cfg, est = load_model_config("llama-3-8b"), estimate_for_spec("llama-3-8b", 4, 4)
+    device = 24 * 10**9
+    plan = distill_memory_plan(est, cfg, 2, 2048, False, device_bytes=device)
+    assert not plan["fits"] and plan["fits_with"], plan
+    assert all(o["compress.distill_teacher"] == "topk" for o in plan["fits_with"])
+    for option in plan["fits_with"]:
+        again = distill_memory_plan(est, cfg, option["compress.distill_micro_batch_size"], 2048,
+                                    option["compress.distill_gradient_checkpointing"], "topk", device_bytes=device)
+        assert again["fits"] and option["total"] <= device
+        phases = again["configured"], again["teacher_pass"]
+        assert phases[0]["teacher"] == 0 and phases[1]["teacher"] == 2 * PARAMS
+        assert option["total"] == max(p["total"] for p in phases)
+    online = distill_memory_plan(est, cfg, 1, 2048, True, device_bytes=device)
+    assert online["configured"]["total"] > device  # even the smallest online setting
