@@ -11,7 +11,8 @@ part in one all-reduce (MAX) of its flag per block/step, so all stop after the s
 checkpoint is whole.
 
 ``add_progress_hook`` lets tests act at an exact block/step (e.g. send the signal to their own process)
-instead of sleeping; production code only calls :func:`notify_progress`.
+instead of sleeping, and benchmarks score a model at chosen steps (scripts/bench_distill.py); production
+code only calls :func:`notify_progress`.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def current() -> StopRequest:
     return _active[-1] if _active else StopRequest()
 
 
-# ---- progress hooks (for tests: act at an exact block or step) ------------------------------------------
+# ---- progress hooks (tests and benchmarks: act at an exact block or step) --------------------------------
 
 ProgressHook = Callable[[str, int], None]  # (stage "compress" | "finetune", blocks or steps done)
 _hooks: list[ProgressHook] = []
@@ -100,6 +101,11 @@ _hooks: list[ProgressHook] = []
 
 def add_progress_hook(hook: ProgressHook) -> None:
     _hooks.append(hook)
+
+
+def remove_progress_hook(hook: ProgressHook) -> None:
+    """Take back a hook (scripts that score a model at chosen steps, then move on)."""
+    _hooks.remove(hook)
 
 
 def notify_progress(stage: str, done: int) -> None:

@@ -70,3 +70,45 @@ def test_3bit_ablation_is_compared_with_the_3bit_default(bench):
     assert "| +0.100 |" in next(l for l in md.splitlines() if l.startswith("| ablation (3-bit): act-order off |"))
     assert "paired: same k-means++ start): 1 of 1." in md
     assert "every seed of the ablation worse than every seed of the default, one-shot): 0 of 1" in md
+
+
+def test_distill_grid_judges_the_issue_targets_on_seed_means(tmp_path):
+    """scripts/bench_distill.py's summary and report from hand-made cells: the seed means before/after, the four
+    target checks worked out by hand, and a report that only reuses cells run with the same settings."""
+    import json
+
+    distill = load_script("bench_distill")
+    s = distill.Settings(configs="3:1,2:4,4:1", seeds=2)
+    peers = {"rows": [{"label": "dense", "bits_per_weight": 16.0, "ppl": {"adapters": 5.0}},
+                      {"label": "HQQ 4b g64", "bits_per_weight": 4.5, "ppl": {"adapters": 6.0}},
+                      {"label": "RTN 2b g64", "bits_per_weight": 2.5, "ppl": {"adapters": 900.0}},
+                      {"label": "HQQ 2b g64", "bits_per_weight": 2.5, "ppl": {"adapters": 60.0}}]}
+
+    def cell(bits, groups, seed, before, after):
+        return {"bits": bits, "groups": groups, "seed": seed, "bits_per_weight": bits + 0.1, "compress_s": 100.0,
+                "distill_s": 50.0 + seed, "curve": [{"step": 0, "ppl": {"adapters": before}},
+                                                    {"step": 40, "ppl": {"adapters": after}}]}
+
+    results = {"peers": peers, "b3g1-seed0": cell(3, 1, 0, 6.6, 5.9), "b3g1-seed1": cell(3, 1, 1, 6.4, 6.3),
+               "b2g4-seed0": cell(2, 4, 0, 14.0, 9.0), "b2g4-seed1": cell(2, 4, 1, 15.0, 10.8),
+               "b4g1-seed0": cell(4, 1, 0, 5.3, 5.12)}
+    summary = distill.summarize(results)
+    runs = summary["configs"]["3-bit G=1"]["runs"]
+    assert [(r["before"], r["after"]) for r in runs] == [(6.6, 5.9), (6.4, 6.3)]
+    checks = {what: (measured, ok) for what, measured, ok in summary["checks"]}
+    assert checks["3-bit G=1 distilled <= HQQ 4-bit g64"] == ("6.100 vs 6.000", False)  # mean 6.1 > 6.0
+    assert checks["2-bit G=4 distilled <= 2.0x dense"] == ("1.98x", True)  # mean 9.9 / 5.0
+    assert checks["2-bit RTN/HQQ peers far above"] == ("RTN 2b g64 180.0x, HQQ 2b g64 12.0x", True)
+    assert checks["4-bit G=1 distilled excess <= 0.15x HQQ 4-bit's"] == ("0.12x", True)  # 0.12 / 1.0
+
+    out = tmp_path / "distill"
+    (out / "cells").mkdir(parents=True)
+    for name, r in results.items():
+        (out / "cells" / f"{name}.json").write_text(json.dumps({**r, "settings": s.key(), "commit": "abc"}))
+    stale = distill.Settings(configs="3:1,2:4,4:1", seeds=2, steps=20)  # other settings: no cell is reused
+    assert distill.write_report(out, stale)["cells_done"] == 0
+    report = distill.write_report(out, s, conclusion="a sentence")
+    assert report["cells_done"] == 6 and report["cells_total"] == 7  # b4g1-seed1 has not run
+    md = (tmp_path / "distill.md").read_text()
+    assert "| 3-bit G=1 | 3.100 | 2 | 6.500 (6.400-6.600) | 6.100 (5.900-6.300) |" in md and "a sentence" in md
+    assert (tmp_path / "distill_curve.png").stat().st_size > 0
