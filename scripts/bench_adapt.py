@@ -489,7 +489,22 @@ def verdicts(summary: dict) -> list[str]:
     return lines
 
 
-def ratios(summary: dict) -> dict:
+def sampling_se(accuracy: dict, counts: dict, suffix: str) -> float | None:
+    """Standard error (points) of a five-task average accuracy from the test sample alone: a task scored on n
+    examples at accuracy p varies by sqrt(p (1 - p) / n) over test samples, an average of five by the root of
+    the summed variances / 5. The error of a difference of two methods is at most the root of both squared
+    (they are scored on the same examples, which only lowers it)."""
+    var = 0.0
+    for t in TEST_TASKS:
+        a = accuracy.get(t + suffix)
+        if a is None or not counts.get(t):
+            return None
+        p = a["mean"] / 100
+        var += p * (1 - p) / counts[t]
+    return 100 * var ** 0.5 / len(TEST_TASKS)
+
+
+def ratios(summary: dict, counts: dict) -> dict:
     g4, out = summary.get("sketch-g4"), {}
     for other in ("lora-g4", "qlora-g4"):
         o = summary.get(other)
@@ -500,6 +515,10 @@ def ratios(summary: dict) -> dict:
         for k, a in g4["accuracy"].items():
             if k in o["accuracy"]:
                 r[f"{k} (pts)"] = a["mean"] - o["accuracy"][k]["mean"]
+        for variant, suffix in (("avg_gen", ""), ("avg_ll", "_ll")):
+            se = [sampling_se(m["accuracy"], counts, suffix) for m in (g4, o)]
+            if None not in se:
+                r[f"{variant} sampling s.e. of the difference (pts)"] = (se[0] ** 2 + se[1] ** 2) ** 0.5
         out[f"sketch-g4 / {other}"] = r
     return out
 
@@ -555,7 +574,8 @@ def markdown(report: dict) -> str:
                      + (f"{val:.4f} |" if val is not None else " - |"))
     lines += ["", "## Sketch G=4 against LoRA and QLoRA (same run; accuracies in points, others as ratios)", ""]
     for k, v in report["ratios"].items():
-        lines.append(f"- {k}: " + ", ".join(f"{n} {x:+.1f}" if n.endswith("(pts)") else f"{n} {x:.2f}" for n, x in v.items()))
+        lines.append(f"- {k}: " + ", ".join(f"{n} {x:.1f}" if "s.e." in n else f"{n} {x:+.1f}" if n.endswith("(pts)")
+                                           else f"{n} {x:.2f}" for n, x in v.items()))
     lines += answer_share_lines(report["cells"])
     lines += ["", "## Above the untrained floor?", "", *[f"- {v}" for v in report["verdicts"]], "",
               "## What it shows", "", report.get("conclusion") or "(written after the full grid has run)", "",
@@ -610,13 +630,14 @@ def write_report(out: Path, s: Settings, conclusion: str | None = None) -> dict:
         "settings": asdict(s), "settings_key": s.key(), "cells_total": len(all_cells), "cells_done": len(results),
         "data": {"train_folders": TRAIN_FOLDERS, "records": len(mixed_records(s.data_dir))},
         "test_counts": {t: (n or TEST_SIZES[t]) for t, n in test_specs(s) if not t.endswith("_ll")},
-        "summary": summary, "ratios": ratios(summary), "verdicts": verdicts(summary), "conclusion": conclusion,
+        "summary": summary, "verdicts": verdicts(summary), "conclusion": conclusion,
         "threads": ", ".join(sorted({str(r.get("threads", "?")) for r in results.values()})) or str(s.threads),
         "commits": sorted({r.get("commit", "not recorded") for r in results.values()}),
         "bitsandbytes": next((r["bitsandbytes"] for r in results.values() if "bitsandbytes" in r), None),
         "plot": png.name,
         "cells": {c: {k: v for k, v in r.items() if k not in ("train_loss", "step_times")} for c, r in results.items()},
     }
+    report["ratios"] = ratios(summary, report["test_counts"])
     if any(r["kind"] == "train" for r in results.values()):
         plot(results, png)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

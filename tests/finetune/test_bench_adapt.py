@@ -132,6 +132,18 @@ def test_seed_aggregation_matches_hand_computation():
     assert any("avg_gen: 51.0 vs floor 50.0 (+1.0 pts; seed range 2.0, n=2) -> NOT above" in x for x in v)
 
 
+def test_sampling_error_of_a_five_task_average_by_hand():
+    """Accuracies 50, 80, 20, 50, 90 % on 40, 40, 40, 40, 10 examples: variances .25/40, .16/40, .16/40,
+    .25/40, .09/10 sum to 0.0295; s.e. = 100 * sqrt(0.0295) / 5 = 3.435 points."""
+    acc = {t: {"mean": v} for t, v in zip(ba.TEST_TASKS, (50.0, 80.0, 20.0, 50.0, 90.0))}
+    counts = dict(zip(ba.TEST_TASKS, (40, 40, 40, 40, 10)))
+    assert ba.sampling_se(acc, counts, "") == pytest.approx(3.4351, abs=1e-4)
+    assert ba.sampling_se(acc, counts, "_ll") is None  # no log-likelihood scores: no error
+    summary = {"sketch-g4": {"accuracy": acc}, "lora-g4": {"accuracy": acc}}
+    r = ba.ratios(summary, counts)["sketch-g4 / lora-g4"]
+    assert r["avg_gen sampling s.e. of the difference (pts)"] == pytest.approx(3.4351 * 2 ** 0.5, abs=1e-4)
+
+
 def test_lora_ranks_match_sketch_lut_counts():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
