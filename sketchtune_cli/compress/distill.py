@@ -53,21 +53,20 @@ class TeacherKL:
 
 def coarse_log_probs(logits: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """From ``logits [..., V]``: the log-probabilities of the tokens in ``index [..., k]`` and of all other
-    tokens together ``[...]`` (``-inf`` when ``index`` holds every token), in float32."""
+    tokens together ``[...]``, in float32. When ``index`` holds every token the rest's log-probability is
+    about -3.4e38 rather than -inf: a zero-mass bucket then adds 0 to the KL and no NaN to its gradient
+    (the log-sum-exp of only -inf has a NaN gradient, even behind ``torch.where``)."""
     logits = logits.float()
     lse = logits.logsumexp(-1)
     picked = logits.gather(-1, index) - lse.unsqueeze(-1)
-    rest = logits.scatter(-1, index, float("-inf")).logsumexp(-1) - lse
+    rest = logits.scatter(-1, index, torch.finfo(torch.float32).min).logsumexp(-1) - lse
     return picked, rest
 
 
 def coarse_kl(log_p: torch.Tensor, log_p_rest: torch.Tensor, log_q: torch.Tensor,
               log_q_rest: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) between two distributions over k tokens plus a rest bucket; a rest of zero mass adds 0."""
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    rest = torch.where(log_p_rest > float("-inf"), log_p_rest.exp() * (log_p_rest - log_q_rest),
-                       torch.zeros_like(log_p_rest))
-    return kl + rest
+    """KL(p || q) between two distributions over k tokens plus a rest bucket."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1) + log_p_rest.exp() * (log_p_rest - log_q_rest)
 
 
 def teacher_topk(teacher: torch.nn.Module, calib_ids: torch.Tensor, k: int, micro_batch: int) -> dict:

@@ -123,7 +123,7 @@ def test_coarse_kl_is_the_full_kl_over_all_tokens_and_a_lower_bound_over_fewer()
     from sketchtune_cli.compress.distill import coarse_kl, coarse_log_probs
 
     torch.manual_seed(0)
-    teacher, student = torch.randn(3, 5, 50), torch.randn(3, 5, 50)
+    teacher, student = torch.randn(3, 5, 50), torch.randn(3, 5, 50, requires_grad=True)
     p, q = F.log_softmax(teacher, -1), F.log_softmax(student, -1)
     full = (p.exp() * (p - q)).sum(-1)
     for k, exact in ((50, True), (4, False)):
@@ -131,10 +131,14 @@ def test_coarse_kl_is_the_full_kl_over_all_tokens_and_a_lower_bound_over_fewer()
         kl = coarse_kl(*coarse_log_probs(teacher, index), *coarse_log_probs(student, index))
         if exact:
             torch.testing.assert_close(kl, full, rtol=1e-5, atol=1e-6)
+            # the empty rest bucket leaves the gradient the full KL's, with no NaN
+            got = torch.autograd.grad(kl.sum(), student)[0]
+            torch.testing.assert_close(got, torch.autograd.grad(full.sum(), student)[0], rtol=1e-5, atol=1e-7)
         else:
+            kl, full = kl.detach(), full.detach()
             assert (kl >= -1e-6).all() and (kl <= full + 1e-6).all() and (kl < full - 1e-3).any()
             # by hand for one position: the kept tokens, then everything else as one bucket
-            pk, qk = p[0, 0].exp()[index[0, 0]], q[0, 0].exp()[index[0, 0]]
+            pk, qk = p[0, 0].exp()[index[0, 0]], q[0, 0].detach().exp()[index[0, 0]]
             by_hand = (pk * (pk / qk).log()).sum() + (1 - pk.sum()) * ((1 - pk.sum()) / (1 - qk.sum())).log()
             torch.testing.assert_close(kl[0, 0], by_hand, rtol=1e-4, atol=1e-6)
 
