@@ -10,20 +10,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
 
 import torch
 from safetensors.torch import load_file
 
 from .artifacts import Manifest, ensure_verified, is_artifact, read_manifest, resolve_ref
 from .errors import UserError
-from .export.settings import ExportSettings
 from .models import load_model, torch_dtype
 
 LUT_ADAPTER = "lut_adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FORMAT = "sketchtune.lut-adapter/1"
-EXPORT_FORMATS = get_args(ExportSettings.model_fields["format"].annotation)  # the one list: the config's
+EXPORT_FORMATS = ("hf-dense", "hf-sketch", "lut-only")  # export.settings' Literal (the loader may not import a stage)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 Artifact = str | Path | Manifest  # a path, or a manifest already read (verified or not)
