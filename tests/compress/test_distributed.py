@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from safetensors.torch import load_file
 
 from sketchtune_cli.artifacts import read_manifest
 from sketchtune_cli.compress.distributed import DistContext
@@ -40,11 +40,15 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path, run_cli):
     a = sketched_layers(load_sketch(single))
     b = sketched_layers(load_sketch(multi))
     assert a.keys() == b.keys()
+    dense = load_file(tiny_model_dir / "model.safetensors")
     differing = total = 0
     for name in a:
+        weight = dense[f"{name}.weight"].float()
         wa, wb = a[name].dense_weight().float(), b[name].dense_weight().float()
         differing += int((wa != wb).sum())
         total += wa.numel()
-        rel = (wa - wb).norm() / wa.norm()
-        assert rel < 0.05, (name, float(rel))
+        # A flipped near-tie code can move a whole 2-bit group's k-means to another local optimum, so the
+        # two builds may differ by a fair fraction of their error; what must hold is equal quality.
+        err_a, err_b = ((w - weight).norm() / weight.norm() for w in (wa, wb))
+        assert abs(err_a - err_b) < 0.03 * err_a, (name, float(err_a), float(err_b))
     assert differing / total < 0.02  # Hessian sums in another order flip only a few near-tie codes
