@@ -88,6 +88,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_finetune as bf  # noqa: E402  (shared machinery: bases, LoRA, accuracy, training loop)
+from bench_cells import cell_file, cells_to_run, git_commit, read_cell, write_cell  # noqa: E402
 
 REPO = bf.REPO
 TRAIN_FOLDERS = ["boolq", "ARC-Easy", "ARC-Challenge", "openbookqa"]
@@ -199,18 +200,14 @@ def parse_cell(cell: str) -> tuple[Method, str, int, float | None]:
     return METHODS[cell], "floor", 0, None
 
 
-def cell_file(out: Path, cell: str) -> Path:
-    return out / "cells" / f"{cell}.json"
-
-
 def done(out: Path, cell: str, s: Settings) -> bool:
     """True when the cell's result file exists for these settings; a file from other settings is an error."""
-    f = cell_file(out, cell)
-    if not f.is_file():
+    record = read_cell(out, cell)
+    if record is None:
         return False
-    have = json.loads(f.read_text()).get("settings_key")
-    if have != s.key():
-        raise SystemExit(f"{f} was written with other settings ({have} != {s.key()}): use another --out, or delete it")
+    if record.get("settings_key") != s.key():
+        raise SystemExit(f"{cell_file(out, cell)} was written with other settings ({record.get('settings_key')} != "
+                         f"{s.key()}): use another --out, or delete it")
     return True
 
 
@@ -623,7 +620,7 @@ def plot(results: dict, path: Path) -> None:
 
 def write_report(out: Path, s: Settings, conclusion: str | None = None) -> dict:
     all_cells = cells(s)
-    results = {c: json.loads(cell_file(out, c).read_text()) for c in all_cells if cell_file(out, c).is_file()}
+    results = {c: r for c in all_cells if (r := read_cell(out, c)) is not None}
     summary = summarize(results)
     png = out.with_name(out.name + "_loss.png")
     report = {
@@ -678,17 +675,6 @@ def sketch_bases(s: Settings, tmp: Path, todo: list[str]) -> dict:
             ns = argparse.Namespace(calib="builtin", calib_samples=32, calib_seq_len=256, threads=s.threads, rebuild_bases=False)
             out[f"g{g}"] = str(bf.calibrated_base(ns, g)[0])
     return out
-
-
-def git_commit() -> str:
-    """The checkout's commit, "+dirty" when tracked files differ from it (what code a cell ran)."""
-    def git(*args):
-        try:
-            return subprocess.check_output(["git", *args], cwd=REPO, text=True, stderr=subprocess.DEVNULL).strip()
-        except (OSError, subprocess.CalledProcessError):  # no git, or not a checkout: recorded as "unknown"
-            return ""
-
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if git("status", "--porcelain", "-uno") else "")
 
 
 def main() -> None:
@@ -752,10 +738,7 @@ def main() -> None:
     from sketchtune_cli.evaluate import registry
 
     registry.check_data(registry.select([t for t, _ in test_specs(s)], True).paper, s.data_dir)  # fail before training
-    todo = [c for c in (a.cells.split(",") if a.cells else grid) if not done(out, c, s)]
-    unknown = [c for c in todo if c not in grid]
-    if unknown:
-        raise SystemExit(f"not cells of this grid: {unknown} (see --list)")
+    todo = cells_to_run(a.cells, grid, lambda c: done(out, c, s))
     if any(parse_cell(c)[0].base == "nf4" for c in todo):
         import importlib.util
 
@@ -784,9 +767,7 @@ def main() -> None:
         r["commit"] = commit
         spent += r["wall_s"]
         predicted += plan["cells"][c]
-        tmpf = cell_file(out, c).with_suffix(".tmp")
-        tmpf.write_text(json.dumps(r, indent=1) + "\n")
-        tmpf.replace(cell_file(out, c))  # atomic: a killed run leaves no half-written cell
+        write_cell(out, c, r)
         write_report(out, s, a.conclusion)
     print(markdown(write_report(out, s, a.conclusion)))
 

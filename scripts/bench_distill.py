@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
+from bench_cells import cells_to_run, git_commit, read_cell, write_cell  # noqa: E402
 from bench_compress import (Q4_1_NOTE, calibration_source, heldout_sets, hqq, perplexities, quantizer_bits,  # noqa: E402
                             rtn, sketch_bits)
 from sketchtune_cli import preemption  # noqa: E402
@@ -88,13 +88,10 @@ def cells(s: Settings) -> list[str]:
     return out
 
 
-def cell_file(out: Path, cell: str) -> Path:
-    return out / "cells" / f"{cell}.json"
-
-
 def done(out: Path, cell: str, s: Settings) -> bool:
-    f = cell_file(out, cell)
-    return f.is_file() and json.loads(f.read_text()).get("settings") == s.key()
+    """Run under these settings (a cell from other settings is not reused)."""
+    record = read_cell(out, cell)
+    return record is not None and record.get("settings") == s.key()
 
 
 # ---- the cells ---------------------------------------------------------------------------------------------
@@ -266,16 +263,9 @@ def plot(results: dict, peers: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write_report(out: Path, s: Settings, conclusion: str | None = None) -> dict:
     grid = cells(s)
-    results = {c: json.loads(cell_file(out, c).read_text()) for c in grid if done(out, c, s)}
+    results = {c: read_cell(out, c) for c in grid if done(out, c, s)}
     previous = out.with_suffix(".json")
     if conclusion is None and previous.is_file():
         conclusion = json.loads(previous.read_text()).get("conclusion")
@@ -323,10 +313,7 @@ def main(argv=None) -> int:
     if a.report_only:
         print(markdown(write_report(out, s, a.conclusion)))
         return 0
-    todo = [c for c in (a.cells.split(",") if a.cells else grid) if not done(out, c, s)]
-    unknown = [c for c in todo if c not in grid]
-    if unknown:
-        raise SystemExit(f"not cells of this grid: {unknown} (see --list)")
+    todo = cells_to_run(a.cells, grid, lambda c: done(out, c, s))
     torch.set_num_threads(s.threads)
     _, tok = load_model(MODEL, dtype="float32", device="cpu")
     sets = heldout_sets(tok, s.eval_windows, s.seq_len, seed=0)
@@ -345,9 +332,7 @@ def main(argv=None) -> int:
         r.update(cell=c, settings=s.key(), commit=commit, wall_s=round(time.perf_counter() - t, 1),
                  calibration=f"{s.samples} x {s.seq_len} tokens of {calib_desc}",
                  heldout={k: list(v.shape) for k, v in sets.items()}, torch=torch.__version__, threads=s.threads)
-        tmp = cell_file(out, c).with_suffix(".tmp")
-        tmp.write_text(json.dumps(r, indent=1) + "\n")
-        tmp.replace(cell_file(out, c))  # atomic: a killed run leaves no half-written cell
+        write_cell(out, c, r)
         write_report(out, s, a.conclusion)
     print(markdown(write_report(out, s, a.conclusion)))
     return 0

@@ -13,7 +13,9 @@ position. ``compress.distill_teacher`` says where the teacher's side comes from:
 
 The loop is :class:`sketchtune_cli.training.trainer.Trainer` (Accelerate, exact resume, preemption, the
 finetune stage's machinery) with this loss; its checkpoints live in the compress artifact's ``.partial``
-directory, so `compress --resume` continues an interrupted distillation bit for bit on CPU."""
+directory, so `compress --resume` continues an interrupted distillation bit for bit on CPU. Under a launcher
+(torchrun, accelerate launch) every process holds the whole student (compress broadcasts each sketch) and
+the Trainer shares each batch out data-parallel, as in finetune."""
 from __future__ import annotations
 
 import logging
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .. import processes
 from ..training.batches import IGNORE, Datasets, Example
 from ..training.trainer import LoopSettings, Trainer, make_accelerator
 from .settings import CompressSettings
@@ -109,19 +112,22 @@ class TopKTeacherKL:
 def _topk_targets(load_teacher: Callable, calib_ids: torch.Tensor, s: CompressSettings, device: torch.device,
                   root: Path) -> dict:
     """The topk teacher's targets: read from ``root`` (a resumed distillation) or computed with a teacher
-    that is freed before the student trains, then written there atomically."""
+    that is freed before the student trains, then written there atomically. With several processes the
+    main one computes them and the others read its file (``root`` is on storage they share)."""
     path = root / TOPK_FILE
-    if path.is_file():
-        return load_file(str(path))
-    teacher = load_teacher().to(device).eval().requires_grad_(False)
-    log.info("distillation: one teacher pass keeps its top %d next tokens at %d positions", s.distill_topk,
-             calib_ids.shape[0] * (calib_ids.shape[1] - 1))
-    targets = teacher_topk(teacher, calib_ids, s.distill_topk, s.distill_micro_batch_size)
-    del teacher
-    tmp = path.with_suffix(".tmp")
-    save_file(targets, str(tmp))
-    tmp.replace(path)
-    return targets
+    state = processes.state() if processes.launch_world_size() > 1 else None
+    if not path.is_file() and (state is None or state.is_main_process):
+        teacher = load_teacher().to(device).eval().requires_grad_(False)
+        log.info("distillation: one teacher pass keeps its top %d next tokens at %d positions", s.distill_topk,
+                 calib_ids.shape[0] * (calib_ids.shape[1] - 1))
+        targets = teacher_topk(teacher, calib_ids, s.distill_topk, s.distill_micro_batch_size)
+        del teacher
+        tmp = path.with_suffix(".tmp")
+        save_file(targets, str(tmp))
+        tmp.replace(path)
+    if state is not None:
+        state.wait_for_everyone()
+    return load_file(str(path))
 
 
 def loop_settings(s: CompressSettings) -> LoopSettings:
@@ -133,16 +139,12 @@ def loop_settings(s: CompressSettings) -> LoopSettings:
 
 
 def distill_problems(s: CompressSettings, world_size: int) -> list[str]:
-    if not s.distill_steps:
-        return []
-    problems = []
-    if s.distill_batch_size % s.distill_micro_batch_size:
-        problems.append(f"compress.distill_batch_size={s.distill_batch_size} must be a multiple of "
-                        f"compress.distill_micro_batch_size={s.distill_micro_batch_size}")
-    if world_size > 1:
-        problems.append("compress.distill_steps runs in one process for now: launch compress without torchrun, "
-                        "or set compress.distill_steps=0")
-    return problems
+    """Each of ``world_size`` processes takes whole micro-batches of every optimizer step (the Trainer's
+    data-parallel plan), so the batch must split evenly."""
+    if s.distill_steps and s.distill_batch_size % (s.distill_micro_batch_size * world_size):
+        return [f"compress.distill_batch_size={s.distill_batch_size} must be a multiple of "
+                f"compress.distill_micro_batch_size x processes = {s.distill_micro_batch_size} x {world_size}"]
+    return []
 
 
 def distill(student: torch.nn.Module, load_teacher: Callable[[], torch.nn.Module], tokenizer,

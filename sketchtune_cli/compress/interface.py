@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import preflight
+from ..processes import launch_world_size
 from ..stages import Stage
 from .settings import RESULT_FREE, SECTIONS
 from .calibration import calib_problems
@@ -14,7 +15,7 @@ def check(cfg, job) -> list[str]:
         problems += preflight.problem_of(preflight.sketch_estimate, cfg.model.name, cfg.compress)
     problems += calib_problems(cfg.compress)
     problems += preflight.device_problems({"compress.device": cfg.compress.device})
-    problems += distill_problems(cfg.compress, 1)
+    problems += distill_problems(cfg.compress, launch_world_size())
     return problems
 
 

@@ -30,7 +30,7 @@ class CompressSettings(Section):
     distill_steps: int = Field(0, ge=0, description="after the layer-wise build, train the LUTs (codes frozen) for this many steps so the sketch's next-token distributions match the dense model's (KL to the teacher) on the calibration sequences; 0 = off (issue 18: not yet measured, see docs/method.md)")
     distill_lr: float = Field(1e-4, gt=0, description="learning rate of the distillation (AdamW, constant after warm-up)")
     distill_batch_size: int = Field(8, ge=1, description="calibration sequences per distillation step")
-    distill_micro_batch_size: int = Field(2, ge=1, description="sequences per forward; must divide distill_batch_size")
+    distill_micro_batch_size: int = Field(2, ge=1, description="sequences per forward; distill_batch_size must be a multiple of it x processes (under torchrun each process takes whole micro-batches of every step)")
     distill_warmup_steps: int = Field(10, ge=0)
     distill_gradient_checkpointing: bool = Field(False, description="recompute the student's block activations in the distillation's backward: the lower-memory option `run --dry-run` names when distilling a large model does not fit the device")
     distill_teacher: Literal["online", "topk"] = Field("online", description="online: the dense teacher runs beside the student at every step (exact KL); topk: one teacher pass first keeps its distill_topk most likely next tokens per calibration position (to the .partial directory), then the teacher leaves memory and the KL is taken over those tokens plus one bucket for the rest (the lower-memory option when teacher and student don't fit together)")

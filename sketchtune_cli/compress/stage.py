@@ -86,7 +86,7 @@ def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bo
                                     config_hash=chash, resume=resume, on_layer=on_layer,
                                     on_block=progress.block_done, dist=dist)
         distilled = None
-        if settings.distill_steps:  # one process (distill_problems): the student and teacher on `device`
+        if settings.distill_steps:  # every process: the whole student, its share of each batch
             with preemption.stop_requests():
                 distilled = _distill(cfg, model, tokenizer, result, calib, device, writer.path, chash, resume)
         if dist.is_main:
