@@ -20,8 +20,8 @@ saved artifact holds (``compress.lut_dtype``). Nothing is tuned on held-out text
 default), one step count. The embedded model's weights were 4-bit already (GGUF Q4_1); the peers run at group 64
 for that reason (bench_compress.py).
 
-Sizing (2 cores, alone): a config cell ~8-10 min of compress, ~30-40 s per distillation step at batch 4 x 512
-tokens, ~1 min per held-out scoring; the peers cell ~7 min.
+Sizing (2 cores, alone; measured 2026-12-03): a config cell ~7.5 min of compress, ~21-23 s per distillation
+step at batch 4 x 512 tokens, ~1 min per held-out scoring (~26 min in all at 40 steps); the peers cell ~9 min.
 """
 from __future__ import annotations
 
