@@ -89,19 +89,25 @@ def test_a_distilled_sketch_fine_tunes_unchanged(tmp_path, run_cli):
     assert read_manifest(tmp_path / "ft").results["steps"] == 6
 
 
-def test_teacher_kl_at_target_columns_equals_the_full_kl(tiny_model_dir):
-    """TeacherKL on the kept columns against an independent KL over every position's logits, masked."""
+def _teacher_and_perturbed_student(model_dir):
+    """The tiny model as teacher, and a copy with every weight nudged (seed 0) as the student."""
     from transformers import AutoModelForCausalLM
 
-    from sketchtune_cli.compress.distill import TeacherKL
-    from sketchtune_cli.training.trainer import forward_targets
-
     torch.manual_seed(0)
-    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    teacher = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.01 * torch.randn_like(p))
+    return teacher, student
+
+
+def test_teacher_kl_at_target_columns_equals_the_full_kl(tiny_model_dir):
+    """TeacherKL on the kept columns against an independent KL over every position's logits, masked."""
+    from sketchtune_cli.compress.distill import TeacherKL
+    from sketchtune_cli.training.trainer import forward_targets
+
+    teacher, student = _teacher_and_perturbed_student(tiny_model_dir)
     ids = torch.randint(0, teacher.config.vocab_size, (2, 12))
     labels = ids.clone()
     labels[0, :7] = -100  # prompt tokens of row 0 carry no loss
@@ -146,17 +152,10 @@ def test_coarse_kl_is_the_full_kl_over_all_tokens_and_a_lower_bound_over_fewer()
 def test_topk_teacher_over_the_whole_vocabulary_gives_the_online_loss(tiny_model_dir):
     """TopKTeacherKL from a teacher pass that keeps every token equals TeacherKL on the same batch, rows found
     by their tokens whatever their order in the batch."""
-    from transformers import AutoModelForCausalLM
-
     from sketchtune_cli.compress.distill import TeacherKL, TopKTeacherKL, teacher_topk
     from sketchtune_cli.training.trainer import forward_targets
 
-    torch.manual_seed(0)
-    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.01 * torch.randn_like(p))
+    teacher, student = _teacher_and_perturbed_student(tiny_model_dir)
     calib = torch.randint(0, teacher.config.vocab_size, (3, 10))
     targets = teacher_topk(teacher, calib, teacher.config.vocab_size, micro_batch=2)
     assert targets["index"].shape == (3, 9, teacher.config.vocab_size) and targets["log_p_rest"].shape == (3, 9)
