@@ -10,6 +10,14 @@ calibrated or tuned on, plus stdlib docstrings) and its calibration (128 x 512 L
     python scripts/bench_distill.py --cells peers,b3g1-seed0                       # some cells only
     python scripts/bench_distill.py --report-only                                  # rebuild the report
     python scripts/bench_distill.py --smoke                                        # tiny grid, temp dir
+    python scripts/bench_distill.py --lr-sweep 1e-4,3e-4,1e-3                      # choose --lr (see below)
+
+Choosing the learning rate without held-out text: ``--lr-sweep`` builds the 3-bit G=1 sketch once, distills a
+copy for ``--sweep-steps`` steps at each rate (the first steps of the grid's schedule: same warm-up, constant
+after) and scores it on *validation* windows cut from the calibration source's documents that the calibration
+never drew (the far end of the same shuffled list, checked disjoint). The result lands in
+``<out>/cells/lr-sweep.json``; the grid is then run with ``--lr`` set to the rate with the lowest validation
+perplexity, into its own ``--out`` (the rate is part of every cell's settings).
 
 Resumable: each cell (``peers``; ``b<bits>g<G>-seed<k>``) writes ``<out>/cells/<cell>.json`` atomically and a rerun
 skips finished cells (cells recorded under other settings are not reused), so the grid may span sessions. A
@@ -40,9 +48,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_cells import cells_to_run, git_commit, read_cell, write_cell  # noqa: E402
 from bench_compress import (Q4_1_NOTE, calibration_source, heldout_sets, hqq, perplexities, quantizer_bits,  # noqa: E402
-                            rtn, sketch_bits)
+                            rtn, sketch_bits, windows)
 from sketchtune_cli import preemption  # noqa: E402
-from sketchtune_cli.compress.calibration import load_calibration  # noqa: E402
+from sketchtune_cli.compress.calibration import CHARS_PER_TOKEN_BUDGET, calibration_texts, load_calibration  # noqa: E402
 from sketchtune_cli.compress.distill import distill  # noqa: E402
 from sketchtune_cli.compress.pipeline import compress_model  # noqa: E402
 from sketchtune_cli.compress.settings import CompressSettings  # noqa: E402
@@ -88,10 +96,19 @@ def cells(s: Settings) -> list[str]:
     return out
 
 
+PEER_KEYS = ("samples", "seq_len", "eval_windows", "calib")  # all the peers depend on (no distillation)
+
+
+def cell_key(s: Settings, cell: str) -> dict:
+    key = s.key()
+    return {k: key[k] for k in PEER_KEYS} if cell == "peers" else key
+
+
 def done(out: Path, cell: str, s: Settings) -> bool:
-    """Run under these settings (a cell from other settings is not reused)."""
+    """Run under these settings (a cell from other settings is not reused; the peers cell only needs the
+    same texts, so a grid at another learning rate or step count reuses it when copied into its cells/)."""
     record = read_cell(out, cell)
-    return record is not None and record.get("settings") == s.key()
+    return record is not None and all(record.get("settings", {}).get(k) == v for k, v in cell_key(s, cell).items())
 
 
 # ---- the cells ---------------------------------------------------------------------------------------------
@@ -165,6 +182,57 @@ def run_config(s: Settings, bits: int, groups: int, seed: int, tok, sets, calib,
             "compress_s": round(compress_s, 1), "distill_s": round(summary["train_seconds"], 1),
             "distill_loss": [summary.get("first_loss"), summary.get("final_loss")],
             "loss_curve": summary.get("loss_curve"), "curve": curve}
+
+
+def validation_windows(calib_source: str, tok, s: Settings) -> torch.Tensor:
+    """``eval_windows`` x ``seq_len`` tokens from the calibration source's documents that the calibration
+    cannot have drawn: the end of the list it shuffled (seed 0), checked against every document within 4x
+    the character budget load_calibration starts from (it reads at most that much more)."""
+    docs = calibration_texts(calib_source, 0, 10**15)
+    reach = calibration_texts(calib_source, 0, 4 * s.samples * s.seq_len * CHARS_PER_TOKEN_BUDGET)
+    held = list(reversed(docs[len(reach):]))
+    if not held:
+        raise SystemExit(f"calibration source {calib_source} has no documents beyond the calibration's reach")
+    ids = windows(held, tok, s.eval_windows, s.seq_len)
+    seen = set(reach)
+    assert not any(d in seen for d in held[:4 * s.eval_windows]), "validation overlaps the calibration"
+    return ids
+
+
+def run_lr_sweep(s: Settings, lrs: list[float], sweep_steps: int, tok, calib, calib_source: str) -> dict:
+    """3-bit G=1, seed 0: one build, then each rate distills a fresh copy of its LUTs for ``sweep_steps``."""
+    model, _ = load_model(MODEL, dtype="float32", device="cpu")
+    settings = CompressSettings(calib=calib_source, num_samples=s.samples, seq_len=s.seq_len, bits=3,
+                                groups_per_row=1, seed=0, lut_dtype="bfloat16", distill_steps=sweep_steps,
+                                distill_batch_size=s.batch, distill_micro_batch_size=s.micro,
+                                distill_warmup_steps=s.warmup)
+    result = compress_model(model, calib, settings, "cpu")
+    replace_with_sketches(model, result.sketches, lut_dtype=torch.float32)
+    val = {"calib-validation": validation_windows(calib_source, tok, s)}
+    built = {name: layer.lut.data.clone() for name, layer in sketched_layers(model).items()}
+    rows = [{"lr": None, "step": 0, "ppl": score_as_saved(model, val)["calib-validation"]}]
+    print(f"  layer-wise: validation ppl {rows[0]['ppl']:.3f}", file=sys.stderr, flush=True)
+    for lr in lrs:
+        for name, layer in sketched_layers(model).items():
+            layer.lut.data = built[name].clone()
+        model.train()
+
+        def on_progress(stage: str, steps_done: int, lr=lr) -> None:
+            if stage == "distill" and steps_done in (sweep_steps // 2, sweep_steps):
+                rows.append({"lr": lr, "step": steps_done, "ppl": score_as_saved(model, val)["calib-validation"]})
+                print(f"  lr {lr:g} step {steps_done}: validation ppl {rows[-1]['ppl']:.3f}", file=sys.stderr, flush=True)
+
+        preemption.add_progress_hook(on_progress)
+        try:
+            with tempfile.TemporaryDirectory(prefix="bench-distill-sweep-") as tmp:
+                distill(model, lambda: load_model(MODEL, dtype="float32", device="cpu")[0], tok, calib,
+                        settings.model_copy(update={"distill_lr": lr}), torch.device("cpu"), Path(tmp),
+                        fingerprint="bench-distill-sweep", resume=False)
+        finally:
+            preemption.remove_progress_hook(on_progress)
+    final = [r for r in rows if r["step"] == sweep_steps]
+    best = min(final, key=lambda r: r["ppl"])["lr"]
+    return {"rows": rows, "sweep_steps": sweep_steps, "chosen_lr": best, "validation": list(val["calib-validation"].shape)}
 
 
 # ---- the report --------------------------------------------------------------------------------------------
@@ -296,6 +364,8 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--conclusion", help="the paragraph on what the grid shows (kept in the report)")
     p.add_argument("--smoke", action="store_true", help="tiny grid into a temp dir (2 configs, 2 steps, few tokens)")
+    p.add_argument("--lr-sweep", default="", help="comma-separated rates: choose --lr on calibration validation text")
+    p.add_argument("--sweep-steps", type=int, default=20)
     a = p.parse_args(argv)
     if a.smoke:
         a.configs, a.steps, a.curve, a.samples, a.seq_len, a.batch, a.eval_windows = "4:1,2:4", 2, "1", 4, 64, 2, 1
@@ -320,6 +390,13 @@ def main(argv=None) -> int:
     calib_source, calib_desc = calibration_source(s.calib)
     calib = load_calibration(calib_source, tok, s.samples, s.seq_len, seed=0).input_ids
     commit, start = git_commit(), time.perf_counter()
+    if a.lr_sweep:
+        r = run_lr_sweep(s, [float(x) for x in a.lr_sweep.split(",")], a.sweep_steps, tok, calib, calib_source)
+        r.update(cell="lr-sweep", settings=s.key(), commit=commit, wall_s=round(time.perf_counter() - start, 1),
+                 calibration=f"{s.samples} x {s.seq_len} tokens of {calib_desc}", torch=torch.__version__)
+        write_cell(out, "lr-sweep", r)
+        print(json.dumps(r, indent=1))
+        return 0
     for i, c in enumerate(todo):
         print(f"== cell {i + 1}/{len(todo)} {c}; {time.perf_counter() - start:.0f} s so far", file=sys.stderr, flush=True)
         t = time.perf_counter()
