@@ -50,7 +50,8 @@ from bench_cells import cells_to_run, git_commit, read_cell, write_cell  # noqa:
 from bench_compress import (Q4_1_NOTE, calibration_source, heldout_sets, hqq, perplexities, quantizer_bits,  # noqa: E402
                             rtn, sketch_bits, windows)
 from sketchtune_cli import preemption  # noqa: E402
-from sketchtune_cli.compress.calibration import CHARS_PER_TOKEN_BUDGET, calibration_texts, load_calibration  # noqa: E402
+from sketchtune_cli.compress.calibration import (CHARS_PER_TOKEN_BUDGET, calibration_texts, load_calibration,  # noqa: E402
+                                                 tokenize_stream)
 from sketchtune_cli.compress.distill import distill  # noqa: E402
 from sketchtune_cli.compress.pipeline import compress_model  # noqa: E402
 from sketchtune_cli.compress.settings import CompressSettings  # noqa: E402
@@ -186,21 +187,28 @@ def run_config(s: Settings, bits: int, groups: int, seed: int, tok, sets, calib,
 
 def validation_windows(calib_source: str, tok, s: Settings) -> torch.Tensor:
     """``eval_windows`` x ``seq_len`` tokens from the calibration source's documents that the calibration
-    cannot have drawn: the end of the list it shuffled (seed 0), checked against every document within 4x
-    the character budget load_calibration starts from (it reads at most that much more)."""
+    never drew: load_calibration reads the documents it shuffled (seed 0) in order up to a character budget
+    (enlarged only when they tokenize short), so the documents past that budget are unseen; taken from the
+    far end of the list, less any that repeat a calibration document."""
     docs = calibration_texts(calib_source, 0, 10**15)
-    reach = calibration_texts(calib_source, 0, 4 * s.samples * s.seq_len * CHARS_PER_TOKEN_BUDGET)
-    held = list(reversed(docs[len(reach):]))
-    if not held:
-        raise SystemExit(f"calibration source {calib_source} has no documents beyond the calibration's reach")
-    ids = windows(held, tok, s.eval_windows, s.seq_len)
-    seen = set(reach)
-    assert not any(d in seen for d in held[:4 * s.eval_windows]), "validation overlaps the calibration"
+    budget = s.samples * s.seq_len * CHARS_PER_TOKEN_BUDGET
+    while True:  # load_calibration's own rule for how much it reads
+        reach = calibration_texts(calib_source, 0, budget)
+        if len(tokenize_stream(reach, tok)) >= s.samples * s.seq_len or sum(map(len, reach)) < budget:
+            break
+        budget *= 4
+    seen = set(reach)  # the file repeats some records: a repeat of a calibration document is not unseen
+    held = [d for d in reversed(docs[len(reach):]) if d not in seen]
+    ids = windows(held, tok, s.eval_windows, s.seq_len) if held else None
+    if ids is None or ids.shape[0] < s.eval_windows:
+        raise SystemExit(f"calibration source {calib_source}: too little text beyond the calibration's "
+                         f"{len(reach)} documents for {s.eval_windows} validation windows")
     return ids
 
 
 def run_lr_sweep(s: Settings, lrs: list[float], sweep_steps: int, tok, calib, calib_source: str) -> dict:
     """3-bit G=1, seed 0: one build, then each rate distills a fresh copy of its LUTs for ``sweep_steps``."""
+    val = {"calib-validation": validation_windows(calib_source, tok, s)}  # before the build: fail fast
     model, _ = load_model(MODEL, dtype="float32", device="cpu")
     settings = CompressSettings(calib=calib_source, num_samples=s.samples, seq_len=s.seq_len, bits=3,
                                 groups_per_row=1, seed=0, lut_dtype="bfloat16", distill_steps=sweep_steps,
@@ -208,7 +216,6 @@ def run_lr_sweep(s: Settings, lrs: list[float], sweep_steps: int, tok, calib, ca
                                 distill_warmup_steps=s.warmup)
     result = compress_model(model, calib, settings, "cpu")
     replace_with_sketches(model, result.sketches, lut_dtype=torch.float32)
-    val = {"calib-validation": validation_windows(calib_source, tok, s)}
     built = {name: layer.lut.data.clone() for name, layer in sketched_layers(model).items()}
     rows = [{"lr": None, "step": 0, "ppl": score_as_saved(model, val)["calib-validation"]}]
     print(f"  layer-wise: validation ppl {rows[0]['ppl']:.3f}", file=sys.stderr, flush=True)
@@ -303,6 +310,15 @@ def markdown(report: dict) -> str:
     lines += ["", "## The issue's targets", "", "| target | measured | met |", "|---|---|---|"]
     for what, measured, ok in summ["checks"]:
         lines.append(f"| {what} | {measured} | {'n/a' if ok is None else 'yes' if ok else 'NO'} |")
+    sweep = report.get("lr_sweep")
+    if sweep:
+        lines += ["", "## How the learning rate was chosen (`--lr-sweep`, never on held-out text)", "",
+                  f"3-bit G=1 seed 0 built once; each rate distilled a fresh copy for {sweep['sweep_steps']} steps (the "
+                  f"grid's warm-up, constant after) and was scored on {sweep['validation'][0]} x {sweep['validation'][1]} "
+                  f"validation tokens of the calibration source's documents that the calibration never drew. "
+                  f"Chosen: **{sweep['chosen_lr']:g}**.", "", "| lr | step | validation ppl |", "|---|---:|---:|"]
+        for r in sweep["rows"]:
+            lines.append(f"| {'layer-wise' if r['lr'] is None else format(r['lr'], 'g')} | {r['step']} | {r['ppl']:.3f} |")
     lines += ["", f"Steps vs held-out perplexity: `{Path(report['plot']).name}`.", "",
               "## What it shows", "", report.get("conclusion") or "(written after the grid has run)", ""]
     return "\n".join(lines)
@@ -343,7 +359,8 @@ def write_report(out: Path, s: Settings, conclusion: str | None = None) -> dict:
               "peer_rows": results.get("peers", {}).get("rows", []),
               "calibration": any_cell.get("calibration", ""), "heldout": any_cell.get("heldout", {}),
               "commits": sorted({r.get("commit", "unknown") for r in results.values()}),
-              "plot": str(out.with_name(out.name + "_curve.png")), "conclusion": conclusion, "cells": results}
+              "plot": str(out.with_name(out.name + "_curve.png")), "conclusion": conclusion, "cells": results,
+              "lr_sweep": read_cell(out, "lr-sweep")}
     if results:
         plot(results, summary["peers"], Path(report["plot"]))
     previous.write_text(json.dumps(report, indent=1) + "\n")
