@@ -4,12 +4,13 @@
    outputs, and bit-for-bit determinism of the LUT gradients on a real-sized layer.
 2. Timings (CUDA events, bf16, bits 4, groups_per_row 4) on 4096x4096, 4096x14336 and 14336x4096 layers
    (rows=out x cols=in) with 1, 16 and 2048 tokens: dense ``x @ W^T``; Triton dequantise; dequantise +
-   dense matmul; fused LUT matmul; LUT gradient from a materialised fp32 grad_W (what SketchedLinear
-   does today: dense grad_W matmul + binning); the fused grad_y/x LUT gradient; and, as the dense
-   baseline for training, the bf16 ``grad_y^T x`` a dense layer would compute.
+   dense matmul; fused LUT matmul; LUT gradient from a materialised fp32 grad_W (dense grad_W matmul +
+   binning: the alternative); the fused grad_y/x LUT gradient (what SketchedLinear's backward uses on
+   CUDA); and, as the dense baseline for training, the bf16 ``grad_y^T x`` a dense layer would compute.
 
-Prints a table and writes JSON (``--out``, default ``benchmarks/gpu_check.json``). Without CUDA it says so
-and exits 0 having checked nothing.
+Prints a table and writes JSON (``--out``, default ``benchmarks/gpu_check.json``; ``scripts/gpu_session.sh``
+runs it with the compress-block timing and ``scripts/report_gpu.py`` renders the result). Without CUDA it says
+so and exits 0 having checked nothing.
 
     python scripts/gpu_check.py [--out PATH] [--quick]
 """
@@ -114,7 +115,7 @@ def time_layer(rows, cols, tokens, bits=4, groups=4, reps=20) -> dict:
     grad_y = torch.randn(tokens, rows, device=dev, dtype=dt)
     grad_w = torch.empty(rows, cols, device=dev, dtype=torch.float32)
 
-    def grad_via_dense():  # SketchedLinear's current backward: fp32 grad_W, then bin it
+    def grad_via_dense():  # the alternative to the fused kernel: fp32 grad_W, then bin it
         torch.matmul(grad_y.t().float(), x.float(), out=grad_w)
         return lut_grad(grad_w, codes, bits, groups, backend="triton")
 
