@@ -2,7 +2,8 @@
 
     python scripts/report_gpu.py benchmarks/gpu            # writes benchmarks/gpu/gpu.md
 
-Reads DIR/env.txt, DIR/gpu_check.json and DIR/block_g4.json / block_g1.json (any that exist). Every
+Reads DIR/env.txt, DIR/gpu_check.json, DIR/block_g4.json / block_g1.json and DIR/finetune_block.json (any
+that exist). Every
 figure comes from those files; the ratios are computed here.
 """
 from __future__ import annotations
@@ -78,8 +79,26 @@ def block_section(name: str, block: dict) -> list[str]:
     return lines
 
 
+def finetune_section(report: dict) -> list[str]:
+    shape = report["shape"]
+    lines = [f"{shape['blocks']} blocks (hidden {shape['hidden']}, intermediate {shape['intermediate']}, "
+             f"{shape['heads']} / {shape['kv_heads']} heads), batch {report['batch']} x {report['seq_len']} tokens, "
+             f"{report['bits']}-bit sketches with random codes; bf16 autocast, AdamW; median of "
+             f"{report['timed_steps']} steps after 3 warm-ups.", "",
+             "| method | trainable | params (M) | ms/step | tokens/s | peak GiB | step time / matched LoRA's | "
+             "peak memory / matched LoRA's |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["methods"]:
+        vs = r.get("vs_matched_lora") or {}
+        peak = "-" if r["peak_device_memory_gib"] is None else f"{r['peak_device_memory_gib']:.1f}"
+        time_ratio = f"{vs['step_time']:.2f}x" if vs else ""
+        memory_ratio = f"{vs['peak_memory']:.2f}x" if vs.get("peak_memory") else ""
+        lines.append(f"| {r['method']} | {r['trainable']} | {r['trainable_params'] / 1e6:.2f} | {r['ms_per_step']:.1f} | "
+                     f"{r['tokens_per_s']:.0f} | {peak} | {time_ratio} | {memory_ratio} |")
+    return lines
+
+
 def render(folder: Path) -> str:
-    lines = ["# GPU check: kernels and a Llama-3-8B-shaped compress block", "",
+    lines = ["# GPU check: kernels, and compress and fine-tuning steps on Llama-3-8B-shaped blocks", "",
              "Written by `scripts/report_gpu.py` from the files beside this page (`scripts/gpu_session.sh`'s output).", ""]
     env = folder / "env.txt"
     if env.exists():
@@ -100,6 +119,10 @@ def render(folder: Path) -> str:
                   "could partly take from Triton's on-disk cache."]
         for name, block in found:
             lines += [""] + block_section(name, block)
+    finetune_file = folder / "finetune_block.json"
+    if finetune_file.exists():
+        lines += ["", "## A fine-tuning step on Llama-3-8B-shaped blocks (`scripts/time_finetune_block.py`)", ""]
+        lines += finetune_section(json.loads(finetune_file.read_text()))
     return "\n".join(lines) + "\n"
 
 

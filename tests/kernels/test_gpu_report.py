@@ -46,3 +46,19 @@ def test_block_section_compares_measured_with_predicted(script, tmp_path):
     assert "| refit | 6.00 | 5.00 | 4.00 | 1.50 |" in page
     assert "| **all** | **9.00** | 7.00 | 6.50 | 1.38 |" in page
     assert "### G=1" in page and "### G=4" not in page  # only the blocks whose files exist
+
+
+def test_finetune_section_ratios_come_from_the_file(script, tmp_path):
+    def method(name, ms, peak, vs=None):
+        row = {"method": name, "trainable": name, "trainable_params": 2_000_000, "ms_per_step": ms,
+               "tokens_per_s": 8192 / (ms / 1e3), "peak_device_memory_gib": peak}
+        return {**row, "vs_matched_lora": vs} if vs else row
+
+    report = {"shape": {"blocks": 2, "hidden": 4096, "intermediate": 14336, "heads": 32, "kv_heads": 8},
+              "batch": 4, "seq_len": 2048, "bits": 4, "timed_steps": 10,
+              "methods": [method("sketch-g4", 300.0, 20.0, {"step_time": 1.5, "peak_memory": 0.8}),
+                          method("lora-g4", 200.0, 25.0)]}
+    (tmp_path / "finetune_block.json").write_text(json.dumps(report))
+    page = script.render(tmp_path)
+    assert "| sketch-g4 | sketch-g4 | 2.00 | 300.0 | 27307 | 20.0 | 1.50x | 0.80x |" in page
+    assert "| lora-g4 | lora-g4 | 2.00 | 200.0 | 40960 | 25.0 |  |  |" in page
