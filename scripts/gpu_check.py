@@ -5,8 +5,8 @@
 2. Timings (CUDA events, bf16, bits 4, groups_per_row 4) on 4096x4096, 4096x14336 and 14336x4096 layers
    (rows=out x cols=in) with 1, 16 and 2048 tokens: dense ``x @ W^T``; Triton dequantise; dequantise +
    dense matmul; fused LUT matmul; LUT gradient from a materialised fp32 grad_W (dense grad_W matmul +
-   binning: the alternative); the fused grad_y/x LUT gradient (what SketchedLinear's backward uses on
-   CUDA); and, as the dense baseline for training, the bf16 ``grad_y^T x`` a dense layer would compute.
+   binning); the tiled grad_y/x LUT gradient (no grad_W: what SketchedLinear's backward uses on CUDA) and
+   the materialised one (a bf16 GEMM with fp32 output, then binning: its alternative); and, as the dense baseline for training, the bf16 ``grad_y^T x`` a dense layer would compute.
 
 Prints a table and writes JSON (``--out``, default ``benchmarks/gpu_check.json``; ``scripts/gpu_session.sh``
 runs it with the compress-block timing and ``scripts/report_gpu.py`` renders the result). Without CUDA it says
@@ -60,6 +60,9 @@ def check_case(rows, groups, n, bits, dtype, tokens, dev="cuda") -> dict:
                                 lut_grad_ref(grad_w.double(), codes, bits, groups)),
         "lut_grad_from_io": max_rel_err(lut_grad_from_io(grad_y, x, codes, bits, groups, backend="triton"),
                                         lut_grad_from_io_ref(grad_y.double(), x.double(), codes, bits, groups)),
+        "lut_grad_from_io_materialized": max_rel_err(
+            lut_grad_from_io(grad_y, x, codes, bits, groups, backend="triton", materialize=True),
+            lut_grad_from_io_ref(grad_y.double(), x.double(), codes, bits, groups)),
     }
     # fp32 tl.dot follows torch's TF32 switch (off by default for matmul), so fp32 stays tight.
     ok = all(e <= TOL[dtype] for e in errs.values())
@@ -73,8 +76,10 @@ def check_determinism(dev="cuda", size=4096) -> dict:
     grad_y, x = (torch.randn(512, size, device=dev, dtype=torch.bfloat16) for _ in range(2))
     a = [lut_grad(grad_w, codes, 4, 4, backend="triton") for _ in range(3)]
     b = [lut_grad_from_io(grad_y, x, codes, 4, 4, backend="triton") for _ in range(3)]
+    c = [lut_grad_from_io(grad_y, x, codes, 4, 4, backend="triton", materialize=True) for _ in range(3)]
     return {"lut_grad": all(torch.equal(a[0], t) for t in a),
-            "lut_grad_from_io": all(torch.equal(b[0], t) for t in b)}
+            "lut_grad_from_io": all(torch.equal(b[0], t) for t in b),
+            "lut_grad_from_io_materialized": all(torch.equal(c[0], t) for t in c)}
 
 
 def correctness(quick: bool) -> dict:
@@ -128,6 +133,8 @@ def time_layer(rows, cols, tokens, bits=4, groups=4, reps=20) -> dict:
         "lut_grad_only": lambda: lut_grad(grad_w, codes, bits, groups, backend="triton"),
         "lut_grad_via_fp32_grad_w": grad_via_dense,
         "lut_grad_fused_io": lambda: lut_grad_from_io(grad_y, x, codes, bits, groups, backend="triton"),
+        "lut_grad_materialized": lambda: lut_grad_from_io(grad_y, x, codes, bits, groups, backend="triton",
+                                                          materialize=True),
     }
     ms = {name: cuda_time(fn, reps) for name, fn in ops.items()}
     return {"rows": rows, "cols": cols, "tokens": tokens, "bits": bits, "groups_per_row": groups, "ms": ms,

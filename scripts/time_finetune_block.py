@@ -3,6 +3,8 @@
 
 - ``sketch-g4`` / ``sketch-g1``: every linear of every block a 4-bit SketchedLinear (random codes and LUTs:
   the time is real, the values are not), only the LUTs trainable (fp32), the rest frozen bf16;
+  ``sketch-g4-materialized``: the same with ``grad_W`` formed by one GEMM and binned
+  (``SketchedLinear.materialize_lut_grad``) instead of binned tile by tile;
 - ``lora-r<N>``: PEFT LoRA on all seven linears of the dense bf16 blocks, rank matched to each sketch's
   trainable count (r (rows + cols) = rows * G * 2^bits, summed over the block's linears);
 - ``full``: every weight trainable (bf16 weights and AdamW state: the cheapest full fine-tuning there is).
@@ -47,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
-    p.add_argument("--methods", default="sketch-g4,lora-g4,sketch-g1,lora-g1,full")
+    p.add_argument("--methods", default="sketch-g4,sketch-g4-materialized,lora-g4,sketch-g1,lora-g1,full")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--out", default=str(REPO / "benchmarks" / "finetune_block.json"))
     return p.parse_args(argv)
@@ -83,16 +85,18 @@ def build(method: str, a, device) -> tuple[torch.nn.Module, list[torch.nn.Parame
     names = [f"model.layers.{b}.{lin}" for b in range(a.blocks) for lin in LINEARS]
     if method == "full":
         return model, list(model.parameters()), "every weight"
-    groups = int(method.rsplit("-g", 1)[1])
+    groups = int(method.split("-g", 1)[1].split("-")[0])
     model.requires_grad_(False)
     if method.startswith("sketch"):
         add_empty_sketches(model, names, a.bits, groups, dtype=torch.float32, device=device)
         gen = torch.Generator(device="cpu").manual_seed(0)
         for layer in sketched_layers(model).values():
+            layer.materialize_lut_grad = method.endswith("-materialized")
             layer.codes.copy_(torch.randint(0, 256, layer.codes.shape, generator=gen, dtype=torch.uint8))
             layer.lut.data.copy_(torch.randn(layer.lut.shape, generator=gen) * 0.02)
             layer.lut.requires_grad_(True)
-        return model, [layer.lut for layer in sketched_layers(model).values()], f"LUTs, G={groups}"
+        what = f"LUTs, G={groups}" + (", grad_W materialised" if method.endswith("-materialized") else "")
+        return model, [layer.lut for layer in sketched_layers(model).values()], what
     from peft import LoraConfig, get_peft_model
 
     rank = matched_lora_rank(a, groups)
@@ -145,7 +149,7 @@ def main(argv=None) -> int:
               flush=True)
     by_name = {r["method"]: r for r in rows}
     for r in rows:  # each sketch against the LoRA of its trainable count
-        peer = by_name.get(r["method"].replace("sketch", "lora"))
+        peer = by_name.get(r["method"].replace("sketch", "lora").removesuffix("-materialized"))
         if r["method"].startswith("sketch") and peer:
             r["vs_matched_lora"] = {"step_time": r["ms_per_step"] / peer["ms_per_step"],
                                     "peak_memory": (r["peak_device_memory_gib"] / peer["peak_device_memory_gib"]

@@ -55,12 +55,27 @@ def lut_grad(grad_w, codes, bits: int, groups_per_row: int, *, backend: str | No
 
 
 def lut_grad_from_io(grad_y, x, codes, bits: int, groups_per_row: int, *, backend: str | None = None,
-                     out=None) -> torch.Tensor:
-    """Like :func:`lut_grad` of ``grad_y^T x`` but, on Triton, without materialising ``grad_W``."""
+                     out=None, materialize: bool = False) -> torch.Tensor:
+    """:func:`lut_grad` of ``grad_y^T x``. On Triton, ``materialize=False`` bins ``grad_y^T x`` tile by tile
+    and never forms ``grad_W``; ``materialize=True`` forms it in fp32 with one GEMM (cuBLAS on CUDA, bf16/fp16
+    products with fp32 accumulation and output, like the tiled kernel's) and bins that: one transient fp32
+    ``grad_W`` per layer; from separate timings of its two halves on an H200, expected 2-2.7x faster at 2048
+    tokens (benchmarks/gpu/gpu.md), not yet run there as one."""
     if _use_triton(grad_y, backend):
+        if materialize:
+            return lut_grad(_weight_grad_fp32(grad_y, x), codes, bits, groups_per_row, backend="triton", out=out)
         from .triton_lut_grad import lut_grad_from_io_triton
         return lut_grad_from_io_triton(grad_y, x, codes, bits, groups_per_row, out=out)
     return _into(out, lut_grad_from_io_ref(grad_y, x, codes, bits, groups_per_row))
+
+
+def _weight_grad_fp32(grad_y, x) -> torch.Tensor:
+    """``grad_y^T x`` as fp32, x cast to grad_y's dtype first (as the autograd path does)."""
+    gy = grad_y.reshape(-1, grad_y.shape[-1])
+    gx = x.reshape(-1, x.shape[-1]).to(gy.dtype)
+    if gy.is_cuda and gy.dtype in (torch.bfloat16, torch.float16):
+        return torch.mm(gy.t(), gx, out_dtype=torch.float32)  # half inputs, fp32 accumulate and output
+    return gy.t().float() @ gx.float()
 
 
 def lut_matmul(x, lut, codes, bits: int, in_features: int, *, backend: str | None = None, out=None) -> torch.Tensor:

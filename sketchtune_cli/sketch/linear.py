@@ -23,8 +23,8 @@ class _LutLinearFn(torch.autograd.Function):
     of being saved, so training holds no dense weights between forward and backward."""
 
     @staticmethod
-    def forward(ctx, x, lut, codes, bias, bits, in_features, use_fused, flat_index=None):
-        ctx.bits, ctx.in_features, ctx.flat_index = bits, in_features, flat_index
+    def forward(ctx, x, lut, codes, bias, bits, in_features, use_fused, flat_index=None, materialize_grad=False):
+        ctx.bits, ctx.in_features, ctx.flat_index, ctx.materialize_grad = bits, in_features, flat_index, materialize_grad
         if use_fused:
             y = lut_matmul(x, lut, codes, bits, in_features)
         else:
@@ -43,11 +43,10 @@ class _LutLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             if ctx.flat_index is not None:  # CPU: the codes' flat LUT positions, unpacked once per layer
                 grad_lut = lut_grad_from_io_indexed(grad_y, x, ctx.flat_index, lut.shape)
-            else:
-                # On CUDA the fused kernel bins grad_y^T x tile by tile: the dense weight gradient never exists.
-                grad_lut = lut_grad_from_io(grad_y, x, codes, ctx.bits, lut.shape[1])
+            else:  # CUDA: see SketchedLinear.materialize_lut_grad
+                grad_lut = lut_grad_from_io(grad_y, x, codes, ctx.bits, lut.shape[1], materialize=ctx.materialize_grad)
             grad_lut = grad_lut.to(lut.dtype)
-        return grad_x, grad_lut, None, None, None, None, None, None
+        return grad_x, grad_lut, None, None, None, None, None, None, None
 
 
 def _dequant(ctx, lut, codes):
@@ -83,6 +82,11 @@ class SketchedLinear(nn.Module):
             self.bias = None
         # Fused LUT-matmul (no W_hat in memory) pays off for few tokens on CUDA; see kernels/ benchmarks.
         self.fused_max_tokens = 16
+        # CUDA training: False bins grad_y^T x tile by tile in Triton (no grad_W; checked and timed on an H200).
+        # True forms grad_W with one cuBLAS GEMM (fp32 out, one transient 235 MB grad_W at 14336 x 4096) and
+        # bins it; that run's separate timings suggest 2-2.7x faster at 2048 tokens, but the path has not run
+        # on a GPU yet: scripts/gpu_check.py and time_finetune_block.py measure both next time one is lent.
+        self.materialize_lut_grad = False
         # CPU inference (eval, generate) keeps W_hat between calls instead of re-gathering it every token;
         # the cache is keyed on the LUT's version counter, so any update (optimizer, load_luts) drops it.
         self.cache_dense_on_cpu = True
@@ -126,4 +130,5 @@ class SketchedLinear(nn.Module):
         tokens = x.numel() // x.shape[-1]
         use_fused = x.is_cuda and tokens <= self.fused_max_tokens
         flat_index = None if x.is_cuda else self._flat_index()
-        return _LutLinearFn.apply(x, self.lut, self.codes, self.bias, self.bits, self.in_features, use_fused, flat_index)
+        return _LutLinearFn.apply(x, self.lut, self.codes, self.bias, self.bits, self.in_features, use_fused, flat_index,
+                                  self.materialize_lut_grad)

@@ -30,7 +30,10 @@ def test_kernel_ratios_and_dequant_bandwidth(script, tmp_path):
                and "x |" in line)
     # fused/dense 2.0, (dequant+matmul)/dense 4.0, fused/(dequant+matmul) 0.5, grad fused/dense 5.0,
     # via-grad_W/fused 3.0; dequant moves 4096*4096*(2 + 0.5) bytes in 0.1 ms = 419 GB/s.
-    assert row == "| 4096x4096 | 1 | 2.0x | 4.0x | 0.50x | 5.0x | 3.00x | 419 |"
+    assert row == "| 4096x4096 | 1 | 2.0x | 4.0x | 0.50x | 5.0x | 3.00x | - | 419 |"
+    ms["lut_grad_materialized"] = 0.05
+    (tmp_path / "gpu_check.json").write_text(json.dumps(check_file(ms)))
+    assert "| 4096x4096 | 1 | 2.0x | 4.0x | 0.50x | 5.0x | 3.00x | 0.25x | 419 |" in script.render(tmp_path)
 
 
 def test_block_section_compares_measured_with_predicted(script, tmp_path):

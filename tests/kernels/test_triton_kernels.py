@@ -138,6 +138,9 @@ def test_lut_grad_from_io(bits, dtype, tokens):
         _close(got, expect, torch.float32)
     _close(lut_grad_from_io(grad_y.unsqueeze(0), x.unsqueeze(0), codes, bits, groups, backend="triton"),
            expect, torch.float32)
+    materialized = lut_grad_from_io(grad_y.unsqueeze(0), x.unsqueeze(0), codes, bits, groups, backend="triton",
+                                    out=_nan(expect.shape, torch.float32), materialize=True)
+    _close(materialized, expect, torch.float32)
 
 
 def test_lut_grads_are_deterministic():
