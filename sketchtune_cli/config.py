@@ -3,14 +3,12 @@ name) plus dotted ``section.key=value`` overrides. Every error is one line that 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import reprlib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from .compress.settings import CompressSettings
 from .errors import UserError
@@ -18,6 +16,7 @@ from .evaluate.settings import EvalSettings
 from .export.settings import ExportSettings
 from .finetune.settings import DataSettings, TrainSettings
 from .settings_base import Section
+from .stages import StageConfig
 
 
 class ModelSettings(Section):
@@ -47,9 +46,21 @@ class RunConfig(Section):
     output_dir: str = Field("runs/sketchtune", description="`sketchtune run` writes output_dir/<stage>/")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
+    @model_validator(mode="after")
+    def _one_tracker_list(self) -> "RunConfig":
+        """``train.trackers`` is the older spelling of ``logging.trackers``: folded in here, so every stage
+        reads the trackers from ``logging`` alone."""
+        merged = sorted(set(self.logging.trackers) | set(self.train.trackers))
+        if merged != self.logging.trackers:
+            self.logging.trackers = merged
+        return self
+
+    def view(self, sections: tuple[str, ...]) -> StageConfig:
+        """What a stage that reads ``sections`` sees (stages.StageConfig)."""
+        return StageConfig(dict(self)).view(sections)
+
     def section_dict(self, *names: str) -> dict:
-        return {n: getattr(self, n).model_dump(mode="json") if isinstance(getattr(self, n), Section)
-                else getattr(self, n) for n in names}
+        return StageConfig({n: getattr(self, n) for n in names}).section_dict(*names)
 
 
 def bundled_config_dir() -> Path:
@@ -195,11 +206,6 @@ def load_config(config: str | None = None, overrides: list[str] | None = None, v
         keys, value = parse_override(text)
         set_dotted(data, keys, value)
     return build_config(data, source=config or "config")
-
-
-def config_hash(sections: dict) -> str:
-    """Stable hash of resolved config sections: stages use it to decide whether an artifact is current."""
-    return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -6,6 +6,7 @@ checks several stages share (model spec, output directory, free disk, device) an
 them for one or more stages and raises one ``PreflightError`` listing them all."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from functools import lru_cache
@@ -185,7 +186,10 @@ def collect(checks: list[tuple], cfg) -> tuple[list[dict], list[str]]:
 
 def _collect(checks: list[tuple], cfg) -> tuple[list[dict], list[str]]:
     problems, plans, needs = [], [], []
+    planned_sketch = None  # the sketch an earlier stage here will make (stages.py: a plan's "sketch")
     for stage, job in checks:
+        if job.pending and job.planned_sketch is None and planned_sketch is not None:
+            job = dataclasses.replace(job, planned_sketch=planned_sketch)
         problems += stage.check(cfg, job) + writable_problems(job.out)
         if job.check_output:
             problems += output_problems(job.out, job.overwrite, job.resume)
@@ -194,6 +198,7 @@ def _collect(checks: list[tuple], cfg) -> tuple[list[dict], list[str]]:
         except UserError:
             plan = {}  # its cause is among the problems already
         plans.append(plan)
+        planned_sketch = plan.get("sketch", planned_sketch)
         if plan.get("artifact_bytes"):
             needs.append((job.out, plan["artifact_bytes"]))
     problems += disk_problems(needs)
@@ -208,21 +213,17 @@ def require(checks: list[tuple], cfg) -> list[dict]:
     return plans
 
 
-def estimate_of(cfg, sketch: str | Path | None = None):
+def estimate_of(sketch: str | Path | None, planned: dict | None = None):
     """The SketchEstimate a stage's sizes follow from: of the existing sketch artifact ``sketch`` (from the
-    model and compress settings its manifest records), else of what ``cfg`` would compress. None when the
-    model's config cannot be read."""
+    model and compress settings its manifest records), else the ``planned`` one (``Job.planned_sketch``: the
+    compress plan of this run). None when neither is there or the model's config cannot be read."""
     from .compress.settings import CompressSettings
+    from .estimate import SketchEstimate
 
-    name, compress = cfg.model.name, cfg.compress
-    if sketch is not None and is_artifact(sketch):
-        try:
-            recorded = read_manifest(sketch, verify=False).config
-            name = recorded["model"]["name"]
-            compress = CompressSettings.model_validate(recorded.get("compress") or {})
-        except (UserError, KeyError, TypeError, ValueError):
-            return None
+    if sketch is None or not is_artifact(sketch):
+        return SketchEstimate(**planned) if planned else None
     try:
-        return sketch_estimate(name, compress)
-    except UserError:
+        recorded = read_manifest(sketch, verify=False).config
+        return sketch_estimate(recorded["model"]["name"], CompressSettings.model_validate(recorded.get("compress") or {}))
+    except (UserError, KeyError, TypeError, ValueError):
         return None

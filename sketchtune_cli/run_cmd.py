@@ -36,11 +36,12 @@ def dry_run_report(cfg: RunConfig, stages: list[str] | None = None, overwrite: b
 
     names = list(stages or STAGES)
     steps, plans, problems = preflight_stages(cfg, names, overwrite)
-    for name in STAGES:
+    for name in STAGES:  # in order: the compress plan's sketch sizes the later stages' artifacts
         if name in plans:
             continue
+        job = stage_api.Job(Path(cfg.output_dir) / name, pending=True, planned_sketch=plans.get("compress", {}).get("sketch"))
         try:
-            plans[name] = stage_api.get(name).plan(cfg, stage_api.Job(Path(cfg.output_dir) / name, pending=True))
+            plans[name] = stage_api.get(name).plan(cfg, job)
         except UserError:
             plans[name] = {}  # its cause is among the problems
     compress, finetune = plans["compress"], plans["finetune"]
@@ -72,7 +73,7 @@ def _estimates(cfg: RunConfig) -> dict:
     out = {}
     for name in STAGES:
         stage = stage_api.get(name)
-        if stage.estimate is None:
+        if stage.estimate_fn is None:
             continue
         try:
             out[name] = stage.estimate(cfg)

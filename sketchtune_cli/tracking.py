@@ -14,11 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def tracker_names(cfg) -> list[str]:
-    """``logging.trackers``, plus finetune's older ``train.trackers``."""
-    return sorted(set(cfg.logging.trackers) | set(cfg.train.trackers))
-
-
 def run_name(cfg, out: Path) -> str:
     """``logging.run_name``; else the artifact's directory name (`sketchtune run` sets it to output_dir's name)."""
     return cfg.logging.run_name or Path(out).name
@@ -34,7 +29,7 @@ def make_trackers(cfg, stage: str, out: Path) -> list:
 
     name = run_name(cfg, out)
     trackers = []
-    for kind in tracker_names(cfg):
+    for kind in cfg.logging.trackers:  # train.trackers is folded in when the config loads
         if kind == "tensorboard":
             trackers.append(TensorBoardTracker(f"{name}/{stage}", log_root(cfg, out) / cfg.logging.project))
         elif kind == "wandb":

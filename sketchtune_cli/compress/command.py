@@ -70,7 +70,7 @@ def compress_command(
     c = cfg.compress
     output = output or default_output(cfg.model.name, c.bits, c.groups_per_row)
     preflight.require([(STAGE, Job(Path(output), overwrite=overwrite, resume=resume))], cfg)
-    out = run_compress(cfg, output, resume=resume, overwrite=overwrite, plot=plot)
+    out = run_compress(STAGE.view(cfg), output, resume=resume, overwrite=overwrite, plot=plot)
     if launch_rank() == 0:  # one path on stdout even with several processes
         typer.echo(str(out))
 

@@ -68,6 +68,7 @@ class Work:
     forward: float = 0.0
     factor: float = 0.0
     small_factor: float = 0.0
+    cols: int = 0  # H's size: the factorisation's speed and whether the refit's H rows stay in cache depend on it
     bytes: float = 0.0
     sort: float = 0.0
     sparse: float = 0.0
@@ -76,7 +77,6 @@ class Work:
     steps: float = 0.0
     loop: float = 0.0
     ops: float = 0.0
-    cols: int = 0  # H's size: the factorisation's speed and whether the refit's H rows stay in cache depend on it
 
     def __add__(self, other: "Work") -> "Work":
         summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "cols"}

@@ -19,7 +19,6 @@ import torch
 from .. import preemption, stages, tracking
 from ..artifacts import check_output, partial_dir, write_artifact
 from ..errors import UserError
-from ..config import RunConfig
 from ..models import check_seq_len, load_model, load_model_config, torch_dtype
 from ..sketch import find_target_linears, replace_with_sketches, save_sketch, sketched_layers
 from . import distributed
@@ -45,7 +44,7 @@ def resume_hash(config: dict) -> str:
     return stages.fingerprint(SECTIONS, RESULT_FREE, config)
 
 
-def run_compress(cfg: RunConfig, output: str | Path | None = None, *, resume: bool = False,
+def run_compress(cfg: stages.StageConfig, output: str | Path | None = None, *, resume: bool = False,
                  overwrite: bool = False, plot: bool = False) -> Path:
     """Compress ``cfg.model.name`` with ``cfg.compress`` into a sketch artifact; returns its path (on every
     rank; only rank 0 writes)."""

@@ -100,7 +100,7 @@ def eval_command(
     cfg = load_config(config, overrides, values)
     out = output or Path(cfg.output_dir) / "eval"
     preflight.require([(STAGE, Job(out, overwrite=overwrite, inputs=tuple(specs), base=base))], cfg)
-    outcome = run_eval(specs, cfg, out, overwrite=overwrite, base=base)
+    outcome = run_eval(specs, STAGE.view(cfg), out, overwrite=overwrite, base=base)
     if outcome.path is None:  # a data-parallel worker: rank 0 reports
         return
     report.print_table(outcome.models)

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import processes
 from ..artifacts import Manifest, check_output, write_artifact
-from ..config import RunConfig
+from ..stages import StageConfig
 from . import registry, report, runner, taskgen
 
 log = logging.getLogger(__name__)
@@ -35,18 +35,18 @@ class EvalOutcome:
     scores: dict[str, Any] = field(default_factory=dict)
 
 
-def data_dir_of(cfg: RunConfig) -> str | None:
+def data_dir_of(cfg: StageConfig) -> str | None:
     """``eval.data_dir`` (``--data-dir``), else ``$SKETCHTUNE_DATA``."""
     return cfg.eval.data_dir or os.environ.get("SKETCHTUNE_DATA") or None
 
 
-def _options(cfg: RunConfig) -> runner.RunOptions:
+def _options(cfg: StageConfig) -> runner.RunOptions:
     e = cfg.eval
     return runner.RunOptions(limit=e.limit, num_fewshot=e.num_fewshot, batch_size=e.batch_size,
                              chat_template=e.chat_template, log_samples=e.log_samples)
 
 
-def evaluate_one(spec: str | Manifest, tasks: list[str], task_manager, cfg: RunConfig,
+def evaluate_one(spec: str | Manifest, tasks: list[str], task_manager, cfg: StageConfig,
                  base: str | Manifest | None = None) -> Evaluated:
     """Build one model (sketch, fine-tune, export or plain model) and run lm-eval on it."""
     from ..loading import load_any
@@ -70,7 +70,7 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_eval(specs: list[str | Manifest], cfg: RunConfig, out: Path, overwrite: bool = False,
+def run_eval(specs: list[str | Manifest], cfg: StageConfig, out: Path, overwrite: bool = False,
              base: str | Manifest | None = None) -> EvalOutcome:
     sel = registry.select(cfg.eval.tasks, have_data_dir=data_dir_of(cfg) is not None)
     data_dir = registry.resolve_data_dir(sel.paper, data_dir_of(cfg))  # fetches verified files if none given
@@ -90,7 +90,7 @@ def run_eval(specs: list[str | Manifest], cfg: RunConfig, out: Path, overwrite: 
     return outcome
 
 
-def log_scores(cfg: RunConfig, out: Path, outcome: EvalOutcome) -> None:
+def log_scores(cfg: StageConfig, out: Path, outcome: EvalOutcome) -> None:
     """Each task's score (and the average) to the configured trackers; several models: ``<label>/<task>``."""
     from ..tracking import StageLog
 
@@ -118,7 +118,7 @@ def _labels(evaluated: list[Evaluated]) -> list[str]:
     return labels
 
 
-def write_eval_artifact(evaluated: list[Evaluated], cfg: RunConfig, out: Path, overwrite: bool,
+def write_eval_artifact(evaluated: list[Evaluated], cfg: StageConfig, out: Path, overwrite: bool,
                         files: dict | None = None) -> EvalOutcome:
     labels = _labels(evaluated)
     models = [report.scores_of(label, e.results) for label, e in zip(labels, evaluated)]

@@ -48,7 +48,7 @@ def _sketch_of(job) -> str | None:
 
 
 def plan(cfg, job) -> dict:
-    est = preflight.estimate_of(cfg, _sketch_of(job))
+    est = preflight.estimate_of(_sketch_of(job), job.planned_sketch)
     if est is None:
         return {"format": cfg.export.format}
     scale = DTYPE_BYTES[cfg.export.dtype]

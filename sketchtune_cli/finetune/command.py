@@ -56,6 +56,6 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config, overrides or [], values={"train.base": base, "data.path": data, "train.max_steps": max_steps})
         out = Path(output) if output else default_output(cfg)
         preflight.require([(STAGE, Job(out, overwrite=overwrite, resume=resume))], cfg)
-        path = run_finetune(cfg, out, resume=resume, overwrite=overwrite)
+        path = run_finetune(STAGE.view(cfg), out, resume=resume, overwrite=overwrite)
         if launch_rank() == 0:  # one path on stdout even with several processes
             print(path)

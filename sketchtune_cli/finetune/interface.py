@@ -53,7 +53,7 @@ def plan(cfg, job) -> dict:
     from ..training.trainer import optimizer_steps
 
     records = train_records(cfg)
-    est = preflight.estimate_of(cfg, None if job.pending else base_path(cfg, job))
+    est = preflight.estimate_of(None if job.pending else base_path(cfg, job), job.planned_sketch)
     out = {"train_records": records,
            "optimizer_steps": optimizer_steps(cfg.train, records) if records is not None or cfg.train.max_steps else None}
     if est is not None:

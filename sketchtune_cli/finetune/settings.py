@@ -39,7 +39,7 @@ class TrainSettings(Section):
     save_every_minutes: Optional[float] = Field(30.0, gt=0, description="also checkpoint when this many minutes passed since the last checkpoint (null: off)")
     eval_every: Optional[int] = Field(None, ge=1)
     log_every: int = Field(1, ge=1)
-    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="finetune-only trackers (older key); logging.trackers covers every stage")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="older key for logging.trackers, merged into it when the config loads")
 
 
 # The config sections the stage reads, and the keys among them that do not change its results (its

@@ -162,6 +162,14 @@ def test_no_stage_package_imports_another_stage_or_the_cli_layer():
     assert not bad
 
 
+def test_stages_do_not_import_the_run_config():
+    """``config`` imports every stage's settings, so a stage (beyond its ``command``, which loads a config
+    from the command line) works on the StageConfig view it is handed, never on ``config.RunConfig``."""
+    bad = [f"{m} -> sketchtune_cli.config" for m, deps in import_graph(function_level=True).items()
+           if _stage_of(m) and not m.endswith(".command") and "sketchtune_cli.config" in deps]
+    assert not bad
+
+
 def test_sketch_package_stands_on_kernels_only():
     """The format (sketch/) is shared by every stage, so it may use nothing of ours but the kernels."""
     bad = {m: sorted(d for d in deps if not d.startswith(("sketchtune_cli.sketch", "sketchtune_kernels")))

@@ -2,6 +2,9 @@
 stage's own resume fingerprint."""
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from sketchtune_cli import stages
@@ -56,3 +59,35 @@ def test_finetune_resume_fingerprint_ignores_the_base_path_not_its_hash():
     base = SimpleNamespace(content_hash="1" * 64)
     assert fingerprint(here, base) == fingerprint(there, base)
     assert fingerprint(here, base) != fingerprint(here, SimpleNamespace(content_hash="2" * 64))
+
+
+@pytest.mark.parametrize("name", stages.STAGE_NAMES)
+def test_a_stage_sees_its_own_sections_and_nothing_else(name):
+    """What `run`, the preflight and the commands hand a stage: its sections and the run-wide ones (the same
+    objects); another stage's section is an error that says where to declare it."""
+    stage, cfg, seen = stages.get(name), RunConfig(), []
+
+    def record(view, job):
+        seen.append(view)
+        return []
+
+    dataclasses.replace(stage, check_fn=record).check(cfg, stages.Job(Path("out")))
+    view = seen[0]
+    for section in RunConfig.model_fields:
+        if section in stage.sections or section in stages.RUN_WIDE:
+            assert getattr(view, section) is getattr(cfg, section), section
+        else:
+            with pytest.raises(AttributeError, match=f"no '{section}'.*SECTIONS"):
+                getattr(view, section)
+    with pytest.raises(AttributeError, match="read-only"):
+        view.output_dir = "elsewhere"
+    copy = view.model_copy(deep=True)
+    copy.logging.run_name = "changed"
+    assert cfg.logging.run_name is None and copy.section_dict("logging")["logging"]["run_name"] == "changed"
+
+
+def test_train_trackers_fold_into_logging_trackers():
+    """The older finetune-only key still works, and every stage reads trackers from ``logging`` alone."""
+    cfg = RunConfig.model_validate({"train": {"trackers": ["wandb"]}, "logging": {"trackers": ["tensorboard"]}})
+    assert cfg.logging.trackers == ["tensorboard", "wandb"]
+    assert RunConfig().logging.trackers == []
