@@ -8,8 +8,8 @@
 #   bash scripts/gpu_session.sh OUT_DIR
 #
 # Writes OUT_DIR/{env.txt, gpu_check.*, block_g4.*, block_g1.*, finetune_block.*} (.log and .json each);
-# `python scripts/report_gpu.py OUT_DIR` renders them as OUT_DIR/gpu.md. Assumes the repository root as working directory and the package importable (installed,
-# or PYTHONPATH=.:kernels).
+# `python scripts/report_gpu.py OUT_DIR` renders them as OUT_DIR/gpu.md. Assumes the repository root as
+# working directory and the package importable (installed, or PYTHONPATH=.:kernels).
 set -uo pipefail
 out=${1:?usage: bash scripts/gpu_session.sh OUT_DIR}
 mkdir -p "$out"
