@@ -132,7 +132,6 @@ def time_method(method: str, a, device, ids: torch.Tensor) -> dict:
               "ms_per_step": ms, "tokens_per_s": ids.numel() / (ms / 1e3),
               "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
               "loss_first_last": [losses[0], losses[-1]]}
-    del model, opt, params
     return result
 
 
