@@ -3,8 +3,8 @@
 
 - ``sketch-g4`` / ``sketch-g1``: every linear of every block a 4-bit SketchedLinear (random codes and LUTs:
   the time is real, the values are not), only the LUTs trainable (fp32), the rest frozen bf16;
-  ``sketch-g4-materialized``: the same with ``grad_W`` formed by one GEMM and binned
-  (``SketchedLinear.materialize_lut_grad``) instead of binned tile by tile;
+  ``sketch-g4-tiled``: the same with the LUT gradient binned tile by tile in Triton instead of from a
+  ``grad_W`` formed by one GEMM (``SketchedLinear.materialize_lut_grad = False``, the default until 2026-12-04);
 - ``lora-r<N>``: PEFT LoRA on all seven linears of the dense bf16 blocks, rank matched to each sketch's
   trainable count (r (rows + cols) = rows * G * 2^bits, summed over the block's linears);
 - ``full``: every weight trainable (bf16 weights and AdamW state: the cheapest full fine-tuning there is).
@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
-    p.add_argument("--methods", default="sketch-g4,sketch-g4-materialized,lora-g4,sketch-g1,lora-g1,full")
+    p.add_argument("--methods", default="sketch-g4,sketch-g4-tiled,lora-g4,sketch-g1,lora-g1,full")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--out", default=str(REPO / "benchmarks" / "finetune_block.json"))
     return p.parse_args(argv)
@@ -91,11 +91,11 @@ def build(method: str, a, device) -> tuple[torch.nn.Module, list[torch.nn.Parame
         add_empty_sketches(model, names, a.bits, groups, dtype=torch.float32, device=device)
         gen = torch.Generator(device="cpu").manual_seed(0)
         for layer in sketched_layers(model).values():
-            layer.materialize_lut_grad = method.endswith("-materialized")
+            layer.materialize_lut_grad = not method.endswith("-tiled")
             layer.codes.copy_(torch.randint(0, 256, layer.codes.shape, generator=gen, dtype=torch.uint8))
             layer.lut.data.copy_(torch.randn(layer.lut.shape, generator=gen) * 0.02)
             layer.lut.requires_grad_(True)
-        what = f"LUTs, G={groups}" + (", grad_W materialised" if method.endswith("-materialized") else "")
+        what = f"LUTs, G={groups}" + (", tiled LUT gradient" if method.endswith("-tiled") else "")
         return model, [layer.lut for layer in sketched_layers(model).values()], what
     from peft import LoraConfig, get_peft_model
 
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
               flush=True)
     by_name = {r["method"]: r for r in rows}
     for r in rows:  # each sketch against the LoRA of its trainable count
-        peer = by_name.get(r["method"].replace("sketch", "lora").removesuffix("-materialized"))
+        peer = by_name.get(r["method"].replace("sketch", "lora").removesuffix("-tiled"))
         if r["method"].startswith("sketch") and peer:
             r["vs_matched_lora"] = {"step_time": r["ms_per_step"] / peer["ms_per_step"],
                                     "peak_memory": (r["peak_device_memory_gib"] / peer["peak_device_memory_gib"]

@@ -59,8 +59,8 @@ def lut_grad_from_io(grad_y, x, codes, bits: int, groups_per_row: int, *, backen
     """:func:`lut_grad` of ``grad_y^T x``. On Triton, ``materialize=False`` bins ``grad_y^T x`` tile by tile
     and never forms ``grad_W``; ``materialize=True`` forms it in fp32 with one GEMM (cuBLAS on CUDA, bf16/fp16
     products with fp32 accumulation and output, like the tiled kernel's) and bins that: one transient fp32
-    ``grad_W`` per layer; from separate timings of its two halves on an H200, expected 2-2.7x faster at 2048
-    tokens (benchmarks/gpu/gpu.md), not yet run there as one."""
+    ``grad_W`` per layer, and 2.3-2.8x faster at 2048 tokens on an H200 (benchmarks/gpu/gpu.md), which is
+    why SketchedLinear trains with it; the tiled path is for layers whose fp32 ``grad_W`` will not fit."""
     if _use_triton(grad_y, backend):
         if materialize:
             return lut_grad(_weight_grad_fp32(grad_y, x), codes, bits, groups_per_row, backend="triton", out=out)

@@ -28,9 +28,9 @@ def test_small_run_trains_every_method_at_matched_counts(script, tmp_path, capsy
                         "--out", str(out)])
     assert code == 0 and capsys.readouterr().out.strip() == str(out)
     rows = {r["method"]: r for r in json.loads(out.read_text())["methods"]}
-    assert set(rows) == {"sketch-g4", "sketch-g4-materialized", "lora-g4", "sketch-g1", "lora-g1", "full"}
+    assert set(rows) == {"sketch-g4", "sketch-g4-tiled", "lora-g4", "sketch-g1", "lora-g1", "full"}
     # LUTs: rows * G * 16 over q,k,v,o,gate,up,down = (64+32+32+64+128+128+64) = 512 rows.
-    assert rows["sketch-g4"]["trainable_params"] == rows["sketch-g4-materialized"]["trainable_params"] == 512 * 4 * 16
+    assert rows["sketch-g4"]["trainable_params"] == rows["sketch-g4-tiled"]["trainable_params"] == 512 * 4 * 16
     assert rows["sketch-g1"]["trainable_params"] == 512 * 16
     # LoRA r: 512*64 / (rows+cols = 128+96+96+128+192+192+192 = 1024) = 32 -> 32 * 1024 parameters.
     assert rows["lora-g4"]["trainable_params"] == 32 * 1024
