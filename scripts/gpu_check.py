@@ -4,7 +4,8 @@
    outputs, and bit-for-bit determinism of the LUT gradients on a real-sized layer.
 2. Timings (CUDA events, bf16, bits 4, groups_per_row 4) on 4096x4096, 4096x14336 and 14336x4096 layers
    (rows=out x cols=in) with 1, 16 and 2048 tokens: dense ``x @ W^T``; Triton dequantise; dequantise +
-   dense matmul; fused LUT matmul; LUT gradient from a materialised fp32 grad_W (dense grad_W matmul +
+   dense matmul; an fp32 LUT dequantised to bf16 then cast, and cast inside the kernel (training's path);
+   fused LUT matmul; LUT gradient from a materialised fp32 grad_W (dense grad_W matmul +
    binning); the tiled grad_y/x LUT gradient (no grad_W: what SketchedLinear's backward uses on CUDA) and
    the materialised one (a bf16 GEMM with fp32 output, then binning: its alternative); and, as the dense baseline for training, the bf16 ``grad_y^T x`` a dense layer would compute.
 
@@ -54,6 +55,9 @@ def check_case(rows, groups, n, bits, dtype, tokens, dev="cuda") -> dict:
     w = lut_dequant(lut, codes, bits, cols, backend="triton", out=nan((rows, cols), dtype))
     errs = {
         "dequant": 0.0 if torch.equal(w, dequant_ref(lut, codes, bits, cols)) else float("inf"),
+        # training's path: an fp32 LUT written straight to the activations' dtype (exact: a gather, then a cast)
+        "dequant_cast": 0.0 if torch.equal(lut_dequant(lut.float(), codes, bits, cols, backend="triton", dtype=dtype),
+                                           dequant_ref(lut.float(), codes, bits, cols).to(dtype)) else float("inf"),
         "matmul": max_rel_err(lut_matmul(x, lut, codes, bits, cols, backend="triton", out=nan((tokens, rows), dtype)),
                               lut_matmul_ref(x.float(), lut.float(), codes, bits, cols)),
         "lut_grad": max_rel_err(lut_grad(grad_w, codes, bits, groups, backend="triton"),
@@ -116,6 +120,7 @@ def time_layer(rows, cols, tokens, bits=4, groups=4, reps=20) -> dict:
     dt, dev = torch.bfloat16, "cuda"
     lut, codes = random_layer(rows, cols, bits, groups, dt, dev)
     w = lut_dequant(lut, codes, bits, cols, backend="triton")
+    lut32 = lut.float()  # training keeps fp32 LUTs
     x = torch.randn(tokens, cols, device=dev, dtype=dt)
     grad_y = torch.randn(tokens, rows, device=dev, dtype=dt)
     grad_w = torch.empty(rows, cols, device=dev, dtype=torch.float32)
@@ -127,6 +132,8 @@ def time_layer(rows, cols, tokens, bits=4, groups=4, reps=20) -> dict:
     ops = {
         "dense_matmul": lambda: x @ w.t(),
         "dequant": lambda: lut_dequant(lut, codes, bits, cols, backend="triton"),
+        "dequant_fp32_lut_then_cast": lambda: lut_dequant(lut32, codes, bits, cols, backend="triton").to(dt),
+        "dequant_fp32_lut_cast_in_kernel": lambda: lut_dequant(lut32, codes, bits, cols, backend="triton", dtype=dt),
         "dequant+matmul": lambda: x @ lut_dequant(lut, codes, bits, cols, backend="triton").t(),
         "fused_matmul": lambda: lut_matmul(x, lut, codes, bits, cols, backend="triton"),
         "dense_grad_w_bf16": lambda: grad_y.t() @ x,

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 DTYPES = ["torch.float32", "torch.bfloat16", "torch.float16"]
-KERNELS = ["dequant", "matmul", "lut_grad", "lut_grad_from_io", "lut_grad_from_io_materialized"]
+KERNELS = ["dequant", "dequant_cast", "matmul", "lut_grad", "lut_grad_from_io", "lut_grad_from_io_materialized"]
 
 
 def correctness_section(check: dict) -> list[str]:

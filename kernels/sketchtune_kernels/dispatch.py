@@ -38,12 +38,13 @@ def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
     return out.copy_(result)
 
 
-def lut_dequant(lut, codes, bits: int, in_features: int, *, backend: str | None = None, out=None) -> torch.Tensor:
-    """Dense ``W_hat`` ``[rows, in_features]`` in lut's dtype."""
+def lut_dequant(lut, codes, bits: int, in_features: int, *, backend: str | None = None, out=None,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Dense ``W_hat`` ``[rows, in_features]`` in ``dtype`` (default: lut's), cast as it is written."""
     if _use_triton(lut, backend):
         from .triton_dequant import dequant_triton
-        return dequant_triton(lut, codes, bits, in_features, out=out)
-    return _into(out, dequant_ref(lut, codes, bits, in_features))
+        return dequant_triton(lut, codes, bits, in_features, out=out, dtype=dtype)
+    return _into(out, dequant_ref(lut, codes, bits, in_features).to(dtype or lut.dtype))
 
 
 def lut_grad(grad_w, codes, bits: int, groups_per_row: int, *, backend: str | None = None, out=None) -> torch.Tensor:

@@ -28,27 +28,33 @@ def _dequant_kernel(
     code = load_codes(codes_ptr, r[:, None], grp, (c % n)[None, :], s_cr, s_cg, s_cb, nbytes, mask, BITS)
     r64 = r.to(tl.int64)[:, None]
     w = tl.load(lut_ptr + r64 * s_lr + grp * s_lg + code * s_ll, mask=mask)
-    tl.store(out_ptr + r64 * s_or + c[None, :] * s_oc, w, mask=mask)
+    # Cast on the way out: an fp32 LUT (training) writes a bf16 W_hat directly, no fp32 copy in between.
+    tl.store(out_ptr + r64 * s_or + c[None, :] * s_oc, w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _blocks() -> tuple[int, int]:
-    return (64, 128) if interpreting() else (32, 128)
+# (BLOCK_R, BLOCK_C, num_warps) on a GPU; scripts/sweep_dequant_blocks.py times the alternatives.
+GPU_LAUNCH = (32, 128, 4)
+
+
+def _launch() -> tuple[int, int, int]:
+    return (64, 128, 4) if interpreting() else GPU_LAUNCH
 
 
 def dequant_triton(lut: torch.Tensor, codes: torch.Tensor, bits: int, in_features: int,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """Dense ``W_hat`` ``[rows, in_features]`` in ``lut``'s dtype; ``out`` (any strides) is filled if given."""
+                   out: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Dense ``W_hat`` ``[rows, in_features]`` in ``dtype`` (default: ``lut``'s); ``out`` (any strides) is
+    filled if given."""
     rows, groups, _ = lut.shape
     n = group_size(in_features, groups)
     nbytes = check_codes(codes, rows, groups, n, bits)
-    out = check_out(out, (rows, in_features), lut.dtype, lut.device)
+    out = check_out(out, (rows, in_features), dtype or lut.dtype, lut.device)
     if out.numel() == 0:
         return out
-    block_r, block_c = _blocks()
+    block_r, block_c, warps = _launch()
     grid = (triton.cdiv(rows, block_r), triton.cdiv(in_features, block_c))
     _dequant_kernel[grid](
         lut, codes, out, rows, in_features, n, nbytes,
         *lut.stride(), *codes.stride(), *out.stride(),
-        BITS=bits, BLOCK_R=block_r, BLOCK_C=block_c,
+        BITS=bits, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
     )
     return out

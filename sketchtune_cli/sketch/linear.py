@@ -28,7 +28,7 @@ class _LutLinearFn(torch.autograd.Function):
         if use_fused:
             y = lut_matmul(x, lut, codes, bits, in_features)
         else:
-            y = x @ _dequant(ctx, lut, codes).to(x.dtype).t()
+            y = x @ _dequant(ctx, lut, codes, x.dtype).t()
         if bias is not None:
             y = y + bias.to(y.dtype)
         ctx.save_for_backward(x, lut, codes)
@@ -39,7 +39,7 @@ class _LutLinearFn(torch.autograd.Function):
         x, lut, codes = ctx.saved_tensors
         grad_x = grad_lut = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_y @ _dequant(ctx, lut, codes).to(grad_y.dtype)
+            grad_x = grad_y @ _dequant(ctx, lut, codes, grad_y.dtype)
         if ctx.needs_input_grad[1]:
             if ctx.flat_index is not None:  # CPU: the codes' flat LUT positions, unpacked once per layer
                 grad_lut = lut_grad_from_io_indexed(grad_y, x, ctx.flat_index, lut.shape)
@@ -49,10 +49,10 @@ class _LutLinearFn(torch.autograd.Function):
         return grad_x, grad_lut, None, None, None, None, None, None, None
 
 
-def _dequant(ctx, lut, codes):
+def _dequant(ctx, lut, codes, dtype):
     if ctx.flat_index is not None:
-        return lut_dequant_indexed(lut, ctx.flat_index, ctx.in_features)
-    return lut_dequant(lut, codes, ctx.bits, ctx.in_features)
+        return lut_dequant_indexed(lut, ctx.flat_index, ctx.in_features).to(dtype)
+    return lut_dequant(lut, codes, ctx.bits, ctx.in_features, dtype=dtype)  # cast in the kernel: no fp32 W_hat
 
 
 class SketchedLinear(nn.Module):

@@ -113,6 +113,8 @@ def test_dispatch_torch_backend_fills_out():
         assert torch.equal(out, fn(*args))  # backend=None on CPU is the reference
     with pytest.raises(ValueError):
         lut_dequant(lut, packed, 4, 8, backend="cuda")
+    half = lut_dequant(lut, packed, 4, 8, backend="torch", dtype=torch.bfloat16)  # cast as it is written
+    assert half.dtype == torch.bfloat16 and torch.equal(half, dequant_ref(lut, packed, 4, 8).to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])

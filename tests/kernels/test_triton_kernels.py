@@ -63,6 +63,9 @@ def test_dequant(bits, dtype, shape):
     out_t = _nan((cols, rows), dtype).t()
     got = lut_dequant(_strided(lut), _strided(codes), bits, cols, backend="triton", out=out_t)
     assert torch.equal(got, dequant_ref(lut, codes, bits, cols))
+    # training's path: an fp32 LUT written straight into the activations' dtype, cast in the kernel
+    got = lut_dequant(lut.float(), codes, bits, cols, backend="triton", dtype=dtype, out=_nan((rows, cols), dtype))
+    assert torch.equal(got, dequant_ref(lut.float(), codes, bits, cols).to(dtype))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
