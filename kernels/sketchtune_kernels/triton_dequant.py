@@ -33,8 +33,9 @@ def _dequant_kernel(
 
 
 # (BLOCK_R, BLOCK_C, num_warps) on a GPU, chosen by scripts/sweep_dequant_blocks.py on an H200: few rows and
-# long column runs, 1.54x faster than (32, 128, 4) over Llama-3-8B's three shapes (benchmarks/gpu/dequant-sweep).
-GPU_LAUNCH = (8, 1024, 8)
+# long column runs. Over Llama-3-8B's three shapes it took 0.82 ms where the first choice, (32, 128, 4), took
+# 1.85 ms in the same run (benchmarks/gpu/dequant-sweep-2): 470-930 GB/s instead of 220-390.
+GPU_LAUNCH = (4, 1024, 8)
 
 
 def _launch() -> tuple[int, int, int]:
