@@ -29,14 +29,13 @@ from sketchtune_cli.compress.pipeline import compress_model, resolve_device  # n
 from sketchtune_cli.compress.settings import CompressSettings  # noqa: E402
 from sketchtune_cli.config import parse_override  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+from synthetic_llama import add_shape_args, synthetic_llama  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--intermediate", type=int, default=14336)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--blocks", type=int, default=1, help="decoder blocks to time (default 1)")
+    add_shape_args(p, blocks=1)
     p.add_argument("--model-layers", type=int, default=32, help="layers of the model the estimate is for (Llama-3-8B: 32)")
     p.add_argument("--samples", type=int, default=128)
     p.add_argument("--seq-len", type=int, default=2048)
@@ -49,16 +48,6 @@ def parse_args(argv=None):
                    help="other compress settings, e.g. --set lut_refit_rounds=0 (repeatable)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "compress_block.json"))
     return p.parse_args(argv)
-
-
-def synthetic_model(a) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=1024, hidden_size=a.hidden, intermediate_size=a.intermediate,
-                         num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, num_hidden_layers=a.blocks,
-                         max_position_embeddings=a.seq_len, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(getattr(torch, a.dtype)).eval()
 
 
 def settings_from(a) -> CompressSettings:
@@ -74,7 +63,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     device = resolve_device(a.device)
     settings = settings_from(a)
-    model = synthetic_model(a)
+    model = synthetic_llama(a, vocab=1024, max_positions=a.seq_len, dtype=getattr(torch, a.dtype)).eval()
     ids = torch.randint(0, model.config.vocab_size, (a.samples, a.seq_len), generator=torch.Generator().manual_seed(0))
     layers: list[dict] = []
     cuda = device.type == "cuda"

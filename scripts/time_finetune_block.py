@@ -33,17 +33,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 from sketchtune_cli.sketch.convert import add_empty_sketches, sketched_layers  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+from report_gpu import finetune_section  # noqa: E402
+from synthetic_llama import add_shape_args, synthetic_llama  # noqa: E402
+
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--intermediate", type=int, default=14336)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--blocks", type=int, default=2)
+    add_shape_args(p, blocks=2)
     p.add_argument("--vocab", type=int, default=1024, help="small on purpose: the blocks are what is timed")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=2048)
@@ -68,20 +68,8 @@ def matched_lora_rank(a, groups_per_row: int) -> int:
     return max(1, round(sketch / sum(rows + cols for rows, cols in shapes)))
 
 
-def synthetic_model(a, device):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
-                         num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, num_hidden_layers=a.blocks,
-                         max_position_embeddings=a.seq_len, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config)
-    return model.to(torch.bfloat16)
-
-
 def build(method: str, a, device) -> tuple[torch.nn.Module, list[torch.nn.Parameter], str]:
-    model = synthetic_model(a, device)
+    model = synthetic_llama(a, vocab=a.vocab, max_positions=a.seq_len, dtype=torch.bfloat16, device=device)
     names = [f"model.layers.{b}.{lin}" for b in range(a.blocks) for lin in LINEARS]
     if method == "full":
         return model, list(model.parameters()), "every weight"
@@ -158,13 +146,7 @@ def main(argv=None) -> int:
               "shape": {"hidden": a.hidden, "intermediate": a.intermediate, "heads": a.heads, "kv_heads": a.kv_heads,
                         "blocks": a.blocks, "vocab": a.vocab},
               "batch": a.batch, "seq_len": a.seq_len, "bits": a.bits, "timed_steps": a.steps, "methods": rows}
-    print("\n| method | trainable | params (M) | ms/step | tokens/s | peak GiB | step time vs matched LoRA |\n"
-          "|---|---|---:|---:|---:|---:|---:|", file=sys.stderr)
-    for r in rows:
-        peak = f"{r['peak_device_memory_gib']:.1f}" if r["peak_device_memory_gib"] is not None else "-"
-        ratio = f"{r['vs_matched_lora']['step_time']:.2f}x" if "vs_matched_lora" in r else ""
-        print(f"| {r['method']} | {r['trainable']} | {r['trainable_params'] / 1e6:.2f} | {r['ms_per_step']:.1f} | "
-              f"{r['tokens_per_s']:.0f} | {peak} | {ratio} |", file=sys.stderr)
+    print("\n" + "\n".join(finetune_section(report)), file=sys.stderr)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
