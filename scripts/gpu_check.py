@@ -6,8 +6,9 @@
    (rows=out x cols=in) with 1, 16 and 2048 tokens: dense ``x @ W^T``; Triton dequantise; dequantise +
    dense matmul; an fp32 LUT dequantised to bf16 then cast, and cast inside the kernel (training's path);
    fused LUT matmul; LUT gradient from a materialised fp32 grad_W (dense grad_W matmul +
-   binning); the tiled grad_y/x LUT gradient (no grad_W: what SketchedLinear's backward uses on CUDA) and
-   the materialised one (a bf16 GEMM with fp32 output, then binning: its alternative); and, as the dense baseline for training, the bf16 ``grad_y^T x`` a dense layer would compute.
+   binning); the tiled grad_y/x LUT gradient (no grad_W) and the materialised one (a bf16 GEMM with fp32
+   output, then binning: what SketchedLinear's backward uses on CUDA, the faster of the two on an H200); and,
+   as the dense baseline for training, the bf16 ``grad_y^T x`` a dense layer would compute.
 
 Prints a table and writes JSON (``--out``, default ``benchmarks/gpu_check.json``; ``scripts/gpu_session.sh``
 runs it with the compress-block timing and ``scripts/report_gpu.py`` renders the result). Without CUDA it says
