@@ -31,6 +31,11 @@ def correctness_section(check: dict) -> list[str]:
     return lines
 
 
+def dequant_bytes(rows: int, cols: int, bits: int) -> int:
+    """Bytes a dequantise moves: the bf16 ``W_hat`` written and the packed codes read (the LUTs are tiny)."""
+    return rows * cols * 2 + rows * cols * bits // 8
+
+
 def timing_section(check: dict) -> list[str]:
     rows = check["timings"]
     names = list(rows[0]["ms"])
@@ -47,8 +52,7 @@ def timing_section(check: dict) -> list[str]:
     for r in rows:
         m = r["ms"]
         materialized = f"{m['lut_grad_materialized'] / m['lut_grad_fused_io']:.2f}x" if "lut_grad_materialized" in m else "-"
-        weights = r["rows"] * r["cols"]
-        moved = weights * 2 + weights * r["bits"] // 8  # bf16 W_hat written + packed codes read (LUTs are tiny)
+        moved = dequant_bytes(r["rows"], r["cols"], r["bits"])
         lines.append(f"| {r['rows']}x{r['cols']} | {r['tokens']} | {m['fused_matmul'] / m['dense_matmul']:.1f}x | "
                      f"{m['dequant+matmul'] / m['dense_matmul']:.1f}x | {m['fused_matmul'] / m['dequant+matmul']:.2f}x | "
                      f"{m['lut_grad_fused_io'] / m['dense_grad_w_bf16']:.1f}x | "

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import LAYERS, cuda_time, random_layer  # noqa: E402
+from report_gpu import dequant_bytes  # noqa: E402
 
 CONFIGS = [(32, 128, 4), (64, 128, 4), (16, 256, 4), (32, 256, 4), (32, 256, 8), (64, 256, 8), (16, 512, 4),
            (16, 512, 8), (8, 1024, 8), (32, 512, 8), (128, 128, 8), (64, 512, 16),
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
         expect = dequant_ref(lut32, codes, a.bits, cols).to(torch.bfloat16)
         dense = torch.empty(rows, cols, dtype=torch.bfloat16, device="cuda")
         copy_ms = cuda_time(lambda: dense.copy_(expect), 20)  # read + write 2 bytes a weight each
-        moved = rows * cols * 2 + rows * cols * a.bits // 8
+        moved = dequant_bytes(rows, cols, a.bits)
         for cfg in CONFIGS:
             triton_dequant.GPU_LAUNCH = cfg
             for lut_name, lut in (("bf16", lut16), ("fp32", lut32)):
