@@ -153,7 +153,7 @@ def _lloyd(xs, ws, sums, c, iters, tol, track):
     done = torch.zeros(xs.shape[0], dtype=torch.bool, device=xs.device)
     prev_bounds, converged, it = None, False, 0
     for it in range(1, iters + 1):
-        c_new, bounds, empty = _lloyd_step(xs, sums.w, sums.wx, c)
+        c_new, bounds, empty = _lloyd_step(sums, c)
         reseeded = _reseed_empty(xs, ws, c_new, empty, can_reseed)
         c_new = c_new.sort(dim=1).values
         # per-problem stopping, so the result does not depend on which problems share a chunk
@@ -192,15 +192,12 @@ class _PrefixSums:
         return (swxx - 2 * c * swx + c * c * sw).clamp(min=0)
 
 
-def _lloyd_step(xs, cw, cwx, c):
+def _lloyd_step(sums, c):
     """Assign by midpoints, then move each centroid to its cluster's weighted mean (kept if empty)."""
+    xs = sums.xs
     n = xs.shape[1]
-    mids = (c[:, 1:] + c[:, :-1]) * 0.5
-    bounds = torch.searchsorted(xs, mids.contiguous())  # first sample of clusters 1..k-1
-    lo = F.pad(bounds, (1, 0), value=0)
-    hi = F.pad(bounds, (0, 1), value=n)
-    sw = cw.gather(1, hi) - cw.gather(1, lo)
-    swx = cwx.gather(1, hi) - cwx.gather(1, lo)
+    lo, hi = _cluster_bounds(xs, c)
+    sw, swx = sums.between(sums.w, lo, hi), sums.between(sums.wx, lo, hi)
     empty = sw <= 0
     mean = (swx / torch.where(empty, torch.ones_like(sw), sw)).float()
     # the weighted mean lies within the cluster's range; clamping guards against rounding in the float64
@@ -208,7 +205,7 @@ def _lloyd_step(xs, cw, cwx, c):
     first = xs.gather(1, lo.clamp(max=n - 1))
     last = xs.gather(1, (hi - 1).clamp(min=0))
     mean = torch.minimum(torch.maximum(mean, first), last)
-    return torch.where(empty, c, mean), bounds, empty
+    return torch.where(empty, c, mean), hi[:, :-1], empty  # hi[:, :-1]: first sample of clusters 1..k-1
 
 
 def _reseed_empty(xs, ws, c, empty, can_reseed) -> torch.Tensor:
@@ -219,11 +216,8 @@ def _reseed_empty(xs, ws, c, empty, can_reseed) -> torch.Tensor:
     if not bool(todo.any()):
         return reseeded
     idx = todo.nonzero().squeeze(1)
-    xs_i, ws_i, c_i = xs[idx], ws[idx], c[idx]
-    c_sorted = c_i.sort(dim=1).values
-    mids = (c_sorted[:, 1:] + c_sorted[:, :-1]) * 0.5
-    assign = torch.searchsorted(mids.contiguous(), xs_i, right=True)
-    err = ws_i * (xs_i - c_sorted.gather(1, assign)).square()
+    xs_i, ws_i = xs[idx], ws[idx]
+    err = ws_i * (xs_i - _nearest_centroid(xs_i, c[idx])).square()
     best_err, best = err.max(1)
     useful = best_err > 0
     can_reseed[idx[~useful]] = False  # nothing left to split: fewer distinct values than centroids
@@ -236,11 +230,15 @@ def _reseed_empty(xs, ws, c, empty, can_reseed) -> torch.Tensor:
     return reseeded
 
 
-def _sorted_objective(xs, ws, c):
+def _nearest_centroid(xs, c):
+    """The centroid of ``c`` [B, k] (any order) nearest to each sample of ``xs`` [B, n]."""
     c_sorted = c.sort(dim=1).values
     mids = (c_sorted[:, 1:] + c_sorted[:, :-1]) * 0.5
-    assign = torch.searchsorted(mids.contiguous(), xs, right=True)
-    return (ws.double() * (xs - c_sorted.gather(1, assign)).double().square()).sum(1)
+    return c_sorted.gather(1, torch.searchsorted(mids.contiguous(), xs, right=True))
+
+
+def _sorted_objective(xs, ws, c):
+    return (ws.double() * (xs - _nearest_centroid(xs, c)).double().square()).sum(1)
 
 
 def _quantile_init(xs, k):
@@ -278,8 +276,8 @@ def _sample_by_potential(sums, c, trials, gen):
     u = torch.rand(B, trials, generator=gen, device=xs.device, dtype=torch.float64) * total
     t = torch.searchsorted(cum.contiguous(), u.contiguous(), right=True).clamp(max=c.shape[1] - 1)
     r = u - (cum.gather(1, t) - pot.gather(1, t))  # potential left to cover inside cluster t
-    a, b, ct = lo.gather(1, t) + 1, hi.gather(1, t), c64.gather(1, t)
-    start = lo.gather(1, t)
+    start, b, ct = lo.gather(1, t), hi.gather(1, t), c64.gather(1, t)
+    a = start + 1
     for _ in range(max(1, math.ceil(math.log2(n + 1)))):  # smallest e in [a, b] with cost(start, e) > r
         m = (a + b) // 2
         above = sums.cost(start, m.clamp(max=n), ct) > r
