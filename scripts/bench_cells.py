@@ -1,6 +1,6 @@
 """Resumable benchmark grids (bench_adapt.py, bench_distill.py): one JSON file per finished cell under
 ``<out>/cells/``, written atomically so a killed run leaves no half-written cell, and the commit of the code
-that ran it."""
+that ran it. Also the JSON report the one-shot timing scripts write last (:func:`write_json_report`)."""
 from __future__ import annotations
 
 import json
@@ -24,6 +24,14 @@ def write_cell(out: Path, cell: str, record: dict) -> None:
     tmp = cell_file(out, cell).with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(cell_file(out, cell))
+
+
+def write_json_report(path, report: dict) -> None:
+    """Writes ``report`` to ``path`` (making its folder) and prints the path: a timing script's last line."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(out)
 
 
 def cells_to_run(requested: str, grid: list[str], is_done) -> list[str]:

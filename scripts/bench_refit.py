@@ -12,7 +12,6 @@ machine the ratios within a repetition are what to trust, not the seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,8 +20,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "compress"))
+sys.path.insert(0, str(REPO / "scripts"))
 
 from sketchtune_cli.compress.refit import _slots, _solve, refit_luts, weighted_rows  # noqa: E402
+from bench_cells import write_json_report  # noqa: E402
 from test_refit_equivalence import _previous_refit_rows  # noqa: E402
 
 # (rows, cols, groups, bits): SmolLM2-135M's q/o (576x576), gate/up (1536x576), down (576x1536), and a
@@ -122,11 +123,9 @@ def main(argv=None) -> int:
         chol = f"{ratio['cholesky']:.2f}x" if "cholesky" in ratio else "n/a"
         print(f"| {rows}x{cols} | {groups} | {bits} | {best['previous']:.3f} | {best['new']:.3f} | "
               f"{ratio['new']:.2f}x | {ratio['new_with_Hw']:.2f}x | {ratio['dense']:.2f}x | {chol} |", flush=True)
-    out = Path(a.out)
-    out.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "reps": a.reps,
-                               "note": "shared 2-core machine, another job running: compare ratios, not seconds",
-                               "results": results}, indent=1))
-    print(out)
+    write_json_report(a.out, {"torch": torch.__version__, "threads": torch.get_num_threads(), "reps": a.reps,
+                              "note": "shared 2-core machine, another job running: compare ratios, not seconds",
+                              "results": results})
     return 0
 
 

@@ -12,7 +12,6 @@ on a shared machine they move with the load, so compare phases within one run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,9 @@ from sketchtune_cli.compress.sketcher import sketch_layer  # noqa: E402
 from sketchtune_cli.config import parse_override  # noqa: E402
 from sketchtune_cli.models import load_model  # noqa: E402
 from sketchtune_cli.sketch import decoder_layers  # noqa: E402
+
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_cells import write_json_report  # noqa: E402
 
 PHASES = ("forward", "hessian", "prepare", "kmeans", "codes", "refit", "objective", "error")
 
@@ -126,10 +128,7 @@ def main(argv=None) -> int:
         print()
     report = {"model": a.model, "blocks": a.blocks, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "runs": runs}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(out)
+    write_json_report(a.out, report)
     return 0
 
 

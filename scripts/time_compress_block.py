@@ -13,7 +13,6 @@ Prints a per-layer table and writes JSON (``--out``, default benchmarks/compress
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from sketchtune_cli.compress.settings import CompressSettings  # noqa: E402
 from sketchtune_cli.config import parse_override  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
+from bench_cells import write_json_report  # noqa: E402
 from synthetic_llama import add_shape_args, synthetic_llama  # noqa: E402
 
 
@@ -112,10 +112,7 @@ def main(argv=None) -> int:
     print(f"\n{a.blocks} block(s) in {seconds:.1f}s on {report['device']}; est. {a.model_layers} layers: "
           f"{per_block * a.model_layers / 60:.1f} min" + (f"; peak memory {report['peak_device_memory_gib']:.1f} GiB"
                                                           if cuda else ""), file=sys.stderr)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(out)
+    write_json_report(a.out, report)
     return 0
 
 

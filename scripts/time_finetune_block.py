@@ -22,7 +22,6 @@ Writes JSON (``--out``, default benchmarks/finetune_block.json) and prints a tab
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 from sketchtune_cli.sketch.convert import add_empty_sketches, sketched_layers  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
+from bench_cells import write_json_report  # noqa: E402
 from report_gpu import finetune_section  # noqa: E402
 from synthetic_llama import add_shape_args, synthetic_llama  # noqa: E402
 
@@ -147,10 +147,7 @@ def main(argv=None) -> int:
                         "blocks": a.blocks, "vocab": a.vocab},
               "batch": a.batch, "seq_len": a.seq_len, "bits": a.bits, "timed_steps": a.steps, "methods": rows}
     print("\n" + "\n".join(finetune_section(report)), file=sys.stderr)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(out)
+    write_json_report(a.out, report)
     return 0
 
 
