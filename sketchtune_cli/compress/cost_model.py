@@ -97,9 +97,6 @@ class Work:
                 + self.sparse_out / rates.sparse_out + self.scatter / rates.scatter + self.steps / rates.steps
                 + self.loop / rates.loop + self.ops * rates.op)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def layer_work(rows: int, cols: int, s: CompressSettings, refit_rounds: int | None = None,
                kmeans_iterations: int | None = None, gpu: bool = False) -> dict[str, Work]:

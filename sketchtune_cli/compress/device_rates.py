@@ -118,10 +118,8 @@ def measure_rates(device: str = "cpu") -> Rates:
     normal = torch.zeros(rows, slots, slots, device=dev)
     scatter = rows * slots * n / _best_seconds(lambda: normal.zero_().scatter_add_(2, index, ath), device)
     label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    return Rates(label, gemm=gemm, forward=forward, factor=factor, factor_half=factor_half, small_factor=small_factor,
-                 bandwidth=bandwidth, cache=cache, sort=sort, sparse=sparse, sparse_stream=sparse_stream,
-                 sparse_out=sparse_out, scatter=scatter, steps=steps, loop=loop, op=op, source="measured by the probe on this machine",
-                 gpu=dev.type == "cuda")
+    return replace(partial, name=label, sparse=sparse, sparse_stream=sparse_stream, sparse_out=sparse_out,
+                   scatter=scatter, steps=steps, loop=loop, op=op, source="measured by the probe on this machine")
 
 
 def _cache_bytes(dev) -> float:
