@@ -32,7 +32,7 @@ SHAPES = [(576, 576, 1, 4), (576, 576, 4, 4), (576, 576, 4, 2), (1536, 576, 4, 4
           (8, 14336, 4, 4)]
 
 
-def dense_one_hot_rows(w, H, codes, lut, _Lt=None):
+def dense_one_hot_rows(w, H, codes, lut):
     """Candidate: ``A^T H`` as one dense GEMM per group (one-hot ``[R*k, n]`` times H's group rows): 2^b
     times the sparse product's arithmetic, at GEMM speed."""
     R, cols = w.shape
@@ -75,15 +75,15 @@ def problem(rows, cols, groups, bits, seed=0):
             torch.randn(rows, groups, k, generator=g).sort(-1).values)
 
 
-def chunked(fn, W, H, codes, lut, Lt=None):
-    """The row chunks ``refit_luts`` uses, around a candidate's per-chunk function."""
+def chunked(fn, W, H, codes, lut, *extra):
+    """The row chunks ``refit_luts`` uses, around a candidate's per-chunk function (``extra``: its other arguments)."""
     rows, cols = W.shape
     G, k = lut.shape[1], lut.shape[2]
     chunk = max(1, min(rows, 256 * 2 ** 20 // (4 * G * k * cols)))
     out = torch.empty_like(lut)
     for r0 in range(0, rows, chunk):
         sl = slice(r0, r0 + chunk)
-        out[sl] = fn(W[sl], H, codes[sl], lut[sl], Lt) if Lt is not None else fn(W[sl], H, codes[sl], lut[sl])
+        out[sl] = fn(W[sl], H, codes[sl], lut[sl], *extra)
     return out
 
 
