@@ -11,14 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from sketchtune_kernels import dequant_ref, lut_grad_ref, lut_matmul_ref, pack_codes
+from sketchtune_kernels import dequant_ref, lut_grad_ref, lut_matmul_ref
 
-LAYERS = [(4096, 4096), (4096, 14336), (14336, 4096)]  # (rows=out_features, cols=in_features)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check import LAYERS, random_layer  # noqa: E402  (the GPU check's layer shapes and random sketches)
 
 
 def timeit(fn, budget_s: float = 1.0, max_reps: int = 3) -> float:
@@ -32,16 +34,8 @@ def timeit(fn, budget_s: float = 1.0, max_reps: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def random_layer(rows, cols, bits, groups_per_row, dtype):
-    gen = torch.Generator().manual_seed(0)
-    codes = torch.randint(0, 2**bits, (rows, groups_per_row, cols // groups_per_row), generator=gen,
-                          dtype=torch.uint8)
-    lut = (torch.randn(rows, groups_per_row, 2**bits, generator=gen) * 0.02).to(dtype)
-    return lut, pack_codes(codes, bits)
-
-
 def bench_layer(rows, cols, tokens, bits, groups_per_row, dtype) -> dict:
-    lut, codes = random_layer(rows, cols, bits, groups_per_row, dtype)
+    lut, codes = random_layer(rows, cols, bits, groups_per_row, dtype, "cpu")
     w = dequant_ref(lut, codes, bits, cols)
     x = torch.randn(tokens, cols, dtype=dtype)
     grad_w = torch.randn(rows, cols, dtype=torch.float32)
