@@ -72,8 +72,12 @@ def init_from_env() -> DistContext:
     return DistContext(state.process_index, state.num_processes)
 
 
-def _collective_device() -> torch.device:
+def uses_nccl() -> bool:
     """NCCL collectives need CUDA tensors; gloo takes CPU ones."""
-    if dist.is_initialized() and dist.get_backend() == "nccl":
+    return dist.is_initialized() and dist.get_backend() == "nccl"
+
+
+def _collective_device() -> torch.device:
+    if uses_nccl():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

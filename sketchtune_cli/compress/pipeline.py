@@ -220,7 +220,7 @@ def _share(built, linear: nn.Module, settings: CompressSettings, owner: int, dis
     if not dist.enabled:
         return built
     rows, cols, G = linear.out_features, linear.in_features, settings.groups_per_row
-    dev = linear.weight.device if _nccl() else torch.device("cpu")
+    dev = linear.weight.device if distributed.uses_nccl() else torch.device("cpu")
     lut_dtype = getattr(torch, settings.lut_dtype)
     if built is not None:
         sketch, stats = built
@@ -242,12 +242,6 @@ def _share(built, linear: nn.Module, settings: CompressSettings, owner: int, dis
 
 def _num(value) -> float:
     return float("nan") if value is None else float(value)
-
-
-def _nccl() -> bool:
-    import torch.distributed as tdist
-
-    return tdist.is_initialized() and tdist.get_backend() == "nccl"
 
 
 def _write_back(linear: nn.Module, sketch: Sketch) -> None:
