@@ -119,20 +119,20 @@ def block_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, device, store=None,
-              reuse: "FinishedChildren | None" = None) -> list[torch.Tensor]:
-    """The block's outputs for every input (kept on ``store``, default where the input was)."""
+def run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, device,
+              reuse: "FinishedOutputs | None" = None) -> list[torch.Tensor]:
+    """The block's outputs for every input (kept where the input was)."""
     outs = []
     for i, x in enumerate(inputs):
         if reuse is not None:
             reuse.begin(i)
         y = block_output(block(x.to(device), **kwargs))
-        outs.append(y.detach().to(store if store is not None else x.device))
+        outs.append(y.detach().to(x.device))
     return outs
 
 
 def feed_until(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, device,
-               reuse: "FinishedChildren | None" = None) -> None:
+               reuse: "FinishedOutputs | None" = None) -> None:
     """Run the block over every input, tolerating a hook's StopForward (the caller's hooks collect what
     they need and stop early, so the rest of the block is not computed)."""
     for i, x in enumerate(inputs):
@@ -169,8 +169,8 @@ class FinishedOutputs:
                  budget_bytes: int | None = None):
         name_of = {id(m): n for n, m in linears.items()}
         # what each wrapped module depends on: a target linear on itself, a child on the targets inside it
-        self._depends = {name_of[id(m)]: {name_of[id(m)]} for m in linears.values()}
-        self._modules = {name_of[id(m)]: m for m in linears.values()}
+        self._depends = {name: {name} for name in linears}
+        self._modules = dict(linears)
         for child_name, child in block.named_children():
             inside = {name_of[id(m)] for m in child.modules() if id(m) in name_of}
             if inside and id(child) not in name_of:
