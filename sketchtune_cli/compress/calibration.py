@@ -214,14 +214,13 @@ def hf_texts(source: str, seed: int, char_budget: int) -> list[str]:
             f"could not load calibration dataset {source!r} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
             f"check the name or use --calib builtin or a local .txt/.json/.jsonl file"
         ) from None
-    column = "text" if "text" in ds.column_names else None
-    if column is None:
+    if "text" not in ds.column_names:
         raise UserError(f"calibration dataset {source!r} has no `text` column (columns: {', '.join(ds.column_names)})")
     order = list(range(len(ds)))
     random.Random(seed).shuffle(order)
     docs, total = [], 0
     for i in order:  # read only what the budget needs: c4's shard alone has 45k documents
-        text = ds[i][column]
+        text = ds[i]["text"]
         if text and text.strip():
             docs.append(text)
             total += len(text)

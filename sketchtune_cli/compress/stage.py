@@ -11,7 +11,7 @@ import contextlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -139,7 +139,6 @@ class _Follower:
     """What ranks other than 0 see of the artifact writer: the shared ``.partial`` path."""
 
     path: Path
-    results: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager
