@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .artifacts import Manifest, lineage, read_manifest, verify_files
-from .errors import UserError
+from .errors import UserError, describe
 from .estimate import (compress_time_estimates, distill_memory_plan, distill_plan_rows, estimate_for_spec,
                        human_bytes, human_seconds)
 
@@ -32,7 +32,7 @@ def _tensor_sizes(root: Path) -> dict:
         try:
             st_ctx = safe_open(f, framework="pt")
         except Exception as e:  # safetensors raises its own SafetensorError (and OSError) for a damaged header
-            raise UserError(f"{f} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:160]}); the "
+            raise UserError(f"{f} cannot be read ({describe(e, 160)}); the "
                             f"artifact is damaged, re-create it") from None
         with st_ctx as st:
             for key in st.keys():

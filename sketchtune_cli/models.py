@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from .errors import UserError
+from .errors import UserError, describe
 
 log = logging.getLogger(__name__)
 
@@ -186,14 +186,10 @@ def torch_dtype(name: str | torch.dtype, device: str = "cpu") -> torch.dtype:
     return table[name]
 
 
-def _short(err: BaseException) -> str:
-    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
-
-
 def _load_error(spec: str, err: Exception) -> UserError:
     """A local model that fails to load is not a Hub problem: say what failed instead."""
     if resolve_model(spec).kind in ("local", "gguf"):
-        return UserError(f"cannot load model {spec} ({_short(err)}); check its files")
+        return UserError(f"cannot load model {spec} ({describe(err)}); check its files")
     return _hub_error(spec, err)
 
 
@@ -228,7 +224,7 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
     except OSError as e:
         raise _load_error(spec, e) from None
     except SafetensorError as e:
-        raise UserError(f"the weights of model {spec} cannot be read ({_short(e)}); the files are damaged or "
+        raise UserError(f"the weights of model {spec} cannot be read ({describe(e)}); the files are damaged or "
                         f"incomplete, download them again") from None
     tokenizer = load_tokenizer(spec)
     return model.to(device).eval(), tokenizer

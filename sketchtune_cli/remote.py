@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _download(url: str, target: Path, instead: str) -> None:
                         f"check the URL, or {instead}") from None
     except (urllib.error.URLError, OSError) as e:  # DNS, refused, timeout, TLS
         reason = getattr(e, "reason", None) or e
-        raise UserError(f"could not fetch {url} (host unreachable: {' '.join(str(reason).split())[:120]}); "
+        raise UserError(f"could not fetch {url} (host unreachable: {one_line(reason, 120)}); "
                         f"{instead}") from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import processes
-from ..errors import UserError
+from ..errors import UserError, describe
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def check_harness_tasks(task_manager, harness: list[str]) -> None:
         task_manager.load(harness)
     except Exception as e:  # datasets raises many types here (ConnectionError, offline mode, not found)
         raise UserError(
-            f"lm-eval task(s) {', '.join(harness)}: the dataset could not be loaded ({type(e).__name__}: "
-            f"{' '.join(str(e).split())[:160]}); offline, use the paper-protocol tasks over local files: "
+            f"lm-eval task(s) {', '.join(harness)}: the dataset could not be loaded ({describe(e, 160)}); offline, "
+            "use the paper-protocol tasks over local files: "
             "--data-dir DIR --tasks gsm8k,arc_easy (DIR/<Dataset>/test.json, LLM-Adapters layout)"
         ) from None

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..prompts import render_alpaca
 from ..textfiles import read_text
 from ..training.batches import IGNORE, Datasets, Example
@@ -65,7 +65,7 @@ def _read_hf_dataset(source: str, split: str) -> list:
         return [dict(r) for r in datasets.load_dataset(name, subset, split=split)]
     except Exception as e:  # offline, unknown name, gated, unknown split...
         var = offline()
-        why = f"{var} is set and it is not in the datasets cache" if var else " ".join(f"{type(e).__name__}: {e}".split())[:160]
+        why = f"{var} is set and it is not in the datasets cache" if var else one_line(f"{type(e).__name__}: {e}", 160)
         raise UserError(
             f"data {source!r} is not a local file and could not be loaded as a Hugging Face dataset "
             f"(name[:subset], split {split!r}; {why}); give a local .json/.jsonl file, an http(s) URL, a "

@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import UserError
+from ..errors import UserError, describe
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +197,6 @@ def first_readable_state(root: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def _reason(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-
-
 def read_state(ck: Path) -> dict:
     return json.loads((ck / "state.json").read_text())
 
@@ -214,7 +210,7 @@ def load_latest(root: Path, params: dict[str, torch.nn.Parameter], optimizer, sc
         try:
             files = _read_files(ck)
         except READ_ERRORS as e:
-            problem = _reason(e)
+            problem = describe(e)
             log.warning("cannot read checkpoint %s (%s); trying the previous one", ck, problem)
             continue
         return ck, _apply(ck, files, params, optimizer, scheduler)
