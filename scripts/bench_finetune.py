@@ -301,6 +301,11 @@ def base_bytes(model, trainable) -> tuple[int, int]:
 # ---- one method (worker subprocess) --------------------------------------------------------------------
 
 def build(args):
+    """(model, tokenizer, trainable parameters, lr) of ``args.method``, seeded alike for eval-only and training."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     if args.method.startswith("sketch"):
         return (*sketch_model(args.sketch), args.lr_sketch)
     return (*lora_model(args.rank, quantized=args.method == "qlora"), args.lr_lora)
@@ -308,10 +313,6 @@ def build(args):
 
 def eval_worker(args) -> dict:
     """Accuracy of a method's model before training (its own subprocess: not counted in training RSS)."""
-    import torch
-
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
     model, tok, _, _ = build(args)
     scores, seconds = accuracy(model, tok, args)
     return {"accuracy_before": scores, "eval_seconds_before": seconds}
@@ -379,8 +380,6 @@ def train_steps(model, params, opt, sched, train, pad, args, prof=None, on_step=
 def worker(args) -> dict:
     import torch
 
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
     model, tok, params, lr = build(args)
     mem_bytes, bf16_bytes = base_bytes(model, params)
     train, held = load_examples(args, tok)
