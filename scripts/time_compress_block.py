@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         m = phases.seconds.get(phase, 0.0)
         sheet = f"{from_table[phase]:.1f}" if from_table else "-"
         print(f"| {phase} | {m:.1f} | {p:.1f} | {sheet} |", file=sys.stderr)
-    print(f"\n| layer | sketch s | rel. error |\n|---|---:|---:|", file=sys.stderr)
+    print("\n| layer | sketch s | rel. error |\n|---|---:|---:|", file=sys.stderr)
     for row in layers:
         print(f"| {row['block']}.{row['layer']} | {row['sketch_s']:.1f} | {row['rel_error']:.4g} |", file=sys.stderr)
     print(f"\n{a.blocks} block(s) in {seconds:.1f}s on {report['device']}; est. {a.model_layers} layers: "

@@ -116,11 +116,10 @@ def time_method(method: str, a, device, ids: torch.Tensor) -> dict:
         losses.append(step())
         times.append(time.perf_counter() - start)
     ms = sorted(times)[len(times) // 2] * 1e3
-    result = {"method": method, "trainable": what, "trainable_params": sum(p.numel() for p in params),
-              "ms_per_step": ms, "tokens_per_s": ids.numel() / (ms / 1e3),
-              "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
-              "loss_first_last": [losses[0], losses[-1]]}
-    return result
+    return {"method": method, "trainable": what, "trainable_params": sum(p.numel() for p in params),
+            "ms_per_step": ms, "tokens_per_s": ids.numel() / (ms / 1e3),
+            "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+            "loss_first_last": [losses[0], losses[-1]]}
 
 
 def main(argv=None) -> int:
