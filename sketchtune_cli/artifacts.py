@@ -41,12 +41,9 @@ FORMAT_NAMES = {
 }
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _is_lock_file(rel: str) -> bool:
@@ -172,9 +169,7 @@ def writable_problem(out: Path) -> str | None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         return f"cannot write {out}: it is a file, not a directory; remove it or choose another output"
-    place = out.absolute().parent
-    while not place.exists() and place != place.parent:
-        place = place.parent
+    place = existing_ancestor(out.absolute().parent)
     if not place.is_dir():
         return f"cannot write outputs under {place}: it is a file, not a directory; choose another output"
     try:
@@ -183,6 +178,14 @@ def writable_problem(out: Path) -> str | None:
         why = "no write permission" if e.errno in (errno.EACCES, errno.EPERM) else f"it takes no new files ({e.strerror or e})"
         return f"cannot write outputs under {place}: {why}; choose another output or fix its permissions"
     return None
+
+
+def existing_ancestor(path: Path) -> Path:
+    """``path`` if it exists, else its nearest ancestor that does."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
 
 
 def check_writable(out: Path) -> None:
@@ -260,10 +263,7 @@ def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None, 
             f"{path} has format {data['format']}, newer than this sketchtune reads (major {FORMAT_MAJOR}); upgrade sketchtune"
         )
     check_seal(data, mf, major)
-    stages = (stage,) if isinstance(stage, str) else stage
-    if stages and data["stage"] not in stages:
-        article = "an" if data["stage"][0] in "aeiou" else "a"
-        raise UserError(f"{path} is {article} {data['stage']} artifact, expected {' or '.join(stages)}")
+    check_stage(data["stage"], path, stage)
     data.pop("content_hash", None)
     data.pop(SEAL_KEY, None)
     try:
@@ -273,6 +273,14 @@ def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None, 
     if verify:
         verify_files(manifest)
     return manifest
+
+
+def check_stage(found: str, path: str | Path, stage: str | tuple[str, ...] | None) -> None:
+    """Refuse an artifact of stage ``found`` unless it is ``stage`` (one name, several, or None for any)."""
+    stages = (stage,) if isinstance(stage, str) else stage
+    if stages and found not in stages:
+        article = "an" if found[0] in "aeiou" else "a"
+        raise UserError(f"{path} is {article} {found} artifact, expected {' or '.join(stages)}")
 
 
 def ensure_verified(manifest: Manifest) -> Manifest:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .artifacts import Manifest, ensure_verified, is_artifact, read_manifest, resolve_ref
+from .artifacts import Manifest, check_stage, ensure_verified, is_artifact, read_manifest, resolve_ref
 from .errors import UserError
 from .models import load_model, torch_dtype
 
@@ -41,10 +41,7 @@ def artifact(source: Artifact, stage: str | tuple[str, ...] | None = None) -> Ma
     verified if a manifest. The stage is checked either way."""
     if not isinstance(source, Manifest):
         return read_manifest(source, stage=stage)
-    stages = (stage,) if isinstance(stage, str) else stage
-    if stages and source.stage not in stages:
-        article = "an" if source.stage[0] in "aeiou" else "a"
-        raise UserError(f"{source.path} is {article} {source.stage} artifact, expected {' or '.join(stages)}")
+    check_stage(source.stage, source.path, stage)
     return ensure_verified(source)
 
 

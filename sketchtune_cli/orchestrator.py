@@ -231,11 +231,6 @@ def run_stages(cfg: RunConfig, names: list[str], overwrite: bool = False,
 
 # ---- the summary ------------------------------------------------------------------------------------
 
-def headline(stage: str, manifest: Manifest) -> dict:
-    """The few numbers a person wants from each stage."""
-    return stages.get(stage).headline(manifest)
-
-
 def summary_rows(reports: list[StageReport]) -> list[tuple[str, str, str, str, str]]:
     from .estimate import human_bytes
 

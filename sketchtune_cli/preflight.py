@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from .artifacts import is_artifact, read_manifest
+from .artifacts import existing_ancestor, is_artifact, read_manifest, writable_problem
 from .errors import PreflightError, UserError
 
 
@@ -67,17 +67,8 @@ def sketch_estimate(model_name: str, compress):
 
 # ---- outputs and disk --------------------------------------------------------------------------------------
 
-def _existing_ancestor(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
 def writable_problems(out: Path) -> list[str]:
     """``out`` can be created (``artifacts.writable_problem``), as a problem list."""
-    from .artifacts import writable_problem
-
     problem = writable_problem(out)
     return [problem] if problem else []
 
@@ -91,14 +82,14 @@ def output_problems(out: Path, overwrite: bool, resume: bool = False) -> list[st
 
 def free_bytes(path: Path) -> int:
     """Free space on the file system that holds ``path`` (or would, once created)."""
-    return shutil.disk_usage(_existing_ancestor(Path(path))).free
+    return shutil.disk_usage(existing_ancestor(Path(path))).free
 
 
 def disk_problems(needs: list[tuple[Path, int]]) -> list[str]:
     """Estimated artifact sizes against free space, summed per file system."""
     by_fs: dict[int, list] = {}
     for out, size in needs:
-        anchor = _existing_ancestor(Path(out))
+        anchor = existing_ancestor(Path(out))
         if writable_problems(out):
             continue  # reported as such; its free space means nothing
         entry = by_fs.setdefault(anchor.stat().st_dev, [anchor, 0, []])

@@ -24,6 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .artifacts import sha256_file as sha256_of
 from .errors import UserError, one_line
 
 log = logging.getLogger(__name__)
@@ -157,14 +158,6 @@ def _download(url: str, target: Path, instead: str) -> None:
                         f"{instead}") from None
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_blob_sha1(path: Path) -> str:
