@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,8 +38,8 @@ READ_ERRORS = (OSError, SafetensorError, KeyError, ValueError, RuntimeError)
 class ResumeState:
     blocks_done: int
     results: dict[str, dict]
-    sketches: dict[str, Sketch] = field(default_factory=dict)
-    inputs: list[torch.Tensor] = field(default_factory=list)
+    sketches: dict[str, Sketch]
+    inputs: list[torch.Tensor]
 
 
 def read_state(directory: Path) -> dict | None:
@@ -81,8 +81,8 @@ class Checkpointer:
         self.dir = Path(directory)
         self.config_hash, self.dist, self.bits = config_hash, dist, bits
 
-    def _inputs_file(self, block: int, rank: int | None = None) -> Path:
-        return self.dir / f"inputs-rank{self.dist.rank if rank is None else rank}-block{block:04d}.safetensors"
+    def _inputs_file(self, block: int) -> Path:
+        return self.dir / f"inputs-rank{self.dist.rank}-block{block:04d}.safetensors"
 
     def _block_file(self, block: int) -> Path:
         return self.dir / f"block{block:04d}.safetensors"
@@ -135,13 +135,13 @@ class Checkpointer:
         """Checkpoint block ``block`` (0-based) as finished; ``results`` holds all layers so far."""
         self.dir.mkdir(parents=True, exist_ok=True)
         hidden = torch.cat([x.detach().cpu() for x in next_inputs]) if next_inputs else torch.empty(0)
-        _atomic_save({"hidden": hidden.contiguous()}, self._inputs_file(block + 1))
+        atomic_save({"hidden": hidden.contiguous()}, self._inputs_file(block + 1))
         if self.dist.is_main:
             tensors = {}
             for name, s in sketches.items():
                 tensors[f"{name}.lut"] = s.lut.detach().cpu().contiguous()
                 tensors[f"{name}.codes"] = s.codes.detach().cpu().contiguous()
-            _atomic_save(tensors, self._block_file(block))
+            atomic_save(tensors, self._block_file(block))
         self.dist.barrier()
         if self.dist.is_main:
             state = {"format": STATE_FORMAT, "config_hash": self.config_hash, "world_size": self.dist.world_size,
@@ -153,7 +153,8 @@ class Checkpointer:
         self._inputs_file(block - 1).unlink(missing_ok=True)  # keeps this block's inputs: the fallback
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``save_file`` to a temporary name, then renamed over ``path``: a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, path)

@@ -24,11 +24,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .. import processes
 from ..training.batches import IGNORE, Datasets, Example
 from ..training.trainer import LoopSettings, Trainer, make_accelerator
+from .checkpoint import atomic_save
 from .settings import CompressSettings
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,7 @@ def _topk_targets(load_teacher: Callable, calib_ids: torch.Tensor, s: CompressSe
                  calib_ids.shape[0] * (calib_ids.shape[1] - 1))
         targets = teacher_topk(teacher, calib_ids, s.distill_topk, s.distill_micro_batch_size)
         del teacher
-        tmp = path.with_suffix(".tmp")
-        save_file(targets, str(tmp))
-        tmp.replace(path)
+        atomic_save(targets, path)
     if state is not None:
         state.wait_for_everyone()
     return load_file(str(path))
