@@ -29,11 +29,9 @@ def map_tensors(value: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     return value
 
 
-def to_device(value: Any, device, memo: dict | None = None) -> Any:
+def to_device(value: Any, device, memo: dict) -> Any:
     """Tensors in ``value`` moved to ``device``. Tensors shared between structures (one mask for many
-    blocks) are moved once when ``memo`` is given."""
-    memo = {} if memo is None else memo
-
+    blocks) are moved once: ``memo`` holds the moved copies by the id of the original."""
     def move(t: torch.Tensor) -> torch.Tensor:
         if id(t) not in memo:
             memo[id(t)] = t.to(device)

@@ -32,7 +32,7 @@ from .checkpoint import Checkpointer, ResumeState
 from .distributed import DistContext
 from .hessian import HessianAccumulator
 from .settings import CompressSettings
-from .sketcher import dequantize
+from .sketcher import dequantize, sketch_layer
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,6 @@ class CompressResult:
     layers: dict[str, dict] = field(default_factory=dict)  # per-layer stats (STAT_KEYS + block)
     seconds: float = 0.0
     resumed_blocks: int = 0
-
-
-def default_sketcher() -> SketchFn:
-    from .sketcher import sketch_layer
-
-    return sketch_layer
 
 
 def check_targets(targets: dict[str, nn.Module], settings: CompressSettings) -> None:
@@ -90,7 +84,7 @@ def compress_model(
     checkpoints, ``resume`` continues from them."""
     start = time.perf_counter()
     dist = dist or distributed.current()
-    sketch_fn = sketch_fn or default_sketcher()
+    sketch_fn = sketch_fn or sketch_layer
     blocks_name, blocks = decoder_layers(model)
     targets = find_target_linears(model, settings.targets, settings.ignore)
     check_targets(targets, settings)

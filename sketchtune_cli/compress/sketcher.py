@@ -49,7 +49,7 @@ class SketchStats:
 
 
 def sketch_layer(
-    W: torch.Tensor, H: torch.Tensor | None, settings: CompressSettings | None = None, *, compute_error: bool = True
+    W: torch.Tensor, H: torch.Tensor | None, settings: CompressSettings | None = None
 ) -> tuple[Sketch, SketchStats]:
     """Sketches ``W [rows, cols]`` given its input Hessian ``H [cols, cols]`` (None = identity, i.e. no
     calibration data). Returns the sketch (LUT in ``settings.lut_dtype``, unpacked uint8 codes) and stats."""
@@ -71,7 +71,7 @@ def sketch_layer(
     lut_store, codes, objectives = _refit_rounds(weights, H, prep, lut_store, codes, s)
     sketch = Sketch(lut_store, codes.view(rows, groups, -1).to(torch.uint8), s.bits)
     rel = None
-    if compute_error and H is not None:
+    if H is not None:
         with timing.phase("error"):
             rel = relative_output_error(W, dequantize(sketch), H)
     stats = SketchStats(prep.damping, prep.damping_fraction, prep.dead, time.perf_counter() - start,

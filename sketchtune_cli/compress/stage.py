@@ -60,7 +60,8 @@ def run_compress(cfg: stages.StageConfig, output: str | Path | None = None, *, r
     check_seq_len(load_model_config(cfg.model.name), settings.seq_len, "--seq-len")
     device = resolve_device(settings.device, dist)
     model, tokenizer = load_model(cfg.model.name, dtype=torch_dtype(cfg.model.dtype, str(device)), device="cpu")
-    check_targets(find_target_linears(model, settings.targets, settings.ignore), settings)
+    targets = find_target_linears(model, settings.targets, settings.ignore)
+    check_targets(targets, settings)
     calib = load_calibration(settings.calib, tokenizer, settings.num_samples, settings.seq_len, settings.seed,
                              settings.calib_encoding)
     if calib.num_samples < dist.world_size:
@@ -73,9 +74,8 @@ def run_compress(cfg: stages.StageConfig, output: str | Path | None = None, *, r
     with _artifact(out, config, overwrite, resume, dist) as writer:
         dist.barrier()  # rank 0 has created the .partial directory the checkpoints go to
         ckpt_dir = Path(writer.path) / CHECKPOINT_DIR
-        order = {name: i for i, name in enumerate(find_target_linears(model, settings.targets, settings.ignore))}
-        total = len(order)
-        with preemption.stop_requests(), LayerProgress(total, enabled=dist.is_main) as progress, \
+        order = {name: i for i, name in enumerate(targets)}
+        with preemption.stop_requests(), LayerProgress(len(order), enabled=dist.is_main) as progress, \
                 tracking.StageLog(cfg, "compress", out, config, enabled=dist.is_main) as tracker:
             def on_layer(block, blocks, name, stats):  # progress bar, and the tracker (step = layer index)
                 progress.update(block, blocks, name, stats)
