@@ -94,14 +94,10 @@ def select(names: list[str], have_data_dir: bool) -> Selection:
         name = raw.strip()
         if not name:
             continue
-        if name.lower().startswith("lm:"):
-            target = name[3:]
-            harness.append(target)
-            requested.append(target)
-            continue
-        mapped = _paper_name(name, have_data_dir)
+        forced = name.lower().startswith("lm:")  # lm:NAME is always lm-eval's own
+        mapped = None if forced else _paper_name(name, have_data_dir)
         if mapped is None:
-            target = LM_EVAL_SPELLING.get(name.lower(), name)
+            target = name[3:] if forced else LM_EVAL_SPELLING.get(name.lower(), name)
             harness.append(target)
             requested.append(target)
             continue
