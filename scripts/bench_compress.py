@@ -436,15 +436,11 @@ def _sketch_no_h(targets, dense, s):
 def scaling_runs(model, tok, base, sizes, n_blocks, seq_len) -> list[dict]:
     """Wall time of the sequential pipeline vs calibration size, on the first ``n_blocks`` blocks (scaled
     to the whole model by blocks/n_blocks; the per-block cost is uniform in this model)."""
-    from sketchtune_cli.sketch import decoder_layers
+    from profile_compress import truncated_model
 
-    from sketchtune_cli.models import load_model as _load
     out = []
-    small, _ = _load("smollm2-135m", dtype="float32", device="cpu")
-    name, blocks = decoder_layers(small)
-    total_blocks = len(blocks)
-    del blocks[n_blocks:]
-    small.config.num_hidden_layers = n_blocks
+    small, _ = truncated_model("smollm2-135m", n_blocks)
+    total_blocks = model.config.num_hidden_layers
     for n in sizes:
         calib = load_calibration(base["calib"], tok, n, seq_len, seed=0).input_ids
         t = time.perf_counter()
