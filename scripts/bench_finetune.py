@@ -235,13 +235,12 @@ def sketch_model(path: str):
 def lora_rank_matching(groups_per_row: int = 4, bits: int = 4) -> int:
     """LoRA rank whose trainable count matches the sketch's: r (rows + cols) vs rows * G * 2^bits."""
     from sketchtune_cli.models import load_model_config
+    from synthetic_llama import matched_lora_rank
 
     cfg = load_model_config("smollm2-135m")
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
-    shapes = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]  # (rows, cols)
-    sketch = sum(r * groups_per_row * 2**bits for r, _ in shapes)
-    return max(1, round(sketch / sum(r + c for r, c in shapes)))
+    shape = argparse.Namespace(hidden=cfg.hidden_size, intermediate=cfg.intermediate_size, bits=bits,
+                               heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads)
+    return matched_lora_rank(shape, groups_per_row)
 
 
 def hqq_quantize(model, group_size: int = 64):

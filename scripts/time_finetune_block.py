@@ -35,7 +35,7 @@ from sketchtune_cli.sketch.convert import add_empty_sketches, sketched_layers  #
 sys.path.insert(0, str(REPO / "scripts"))
 from bench_cells import write_json_report  # noqa: E402
 from report_gpu import finetune_section  # noqa: E402
-from synthetic_llama import add_shape_args, synthetic_llama  # noqa: E402
+from synthetic_llama import add_shape_args, matched_lora_rank, synthetic_llama  # noqa: E402
 
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -53,19 +53,6 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--out", default=str(REPO / "benchmarks" / "finetune_block.json"))
     return p.parse_args(argv)
-
-
-def block_shapes(a) -> list[tuple[int, int]]:
-    """(rows, cols) of the seven linears of one block, in LINEARS' order."""
-    kv = a.kv_heads * (a.hidden // a.heads)
-    h, i = a.hidden, a.intermediate
-    return [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]
-
-
-def matched_lora_rank(a, groups_per_row: int) -> int:
-    shapes = block_shapes(a)
-    sketch = sum(rows * groups_per_row * 2**a.bits for rows, _ in shapes)
-    return max(1, round(sketch / sum(rows + cols for rows, cols in shapes)))
 
 
 def build(method: str, a, device) -> tuple[torch.nn.Module, list[torch.nn.Parameter], str]:

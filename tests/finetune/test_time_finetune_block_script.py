@@ -17,7 +17,7 @@ def test_lora_rank_matching_llama_3_8b(script):
     # One Llama-3-8B block: 43,008 output rows over its 7 linears; LoRA pays rows + cols = 81,920 per rank.
     # G=4: 43,008 * 4 * 16 / 81,920 = 33.6 -> 34; G=1: 8.4 -> 8.
     shape = SimpleNamespace(hidden=4096, intermediate=14336, heads=32, kv_heads=8, bits=4)
-    assert sum(rows for rows, _ in script.block_shapes(shape)) == 43_008
+    assert sum(rows for rows, _ in load_script("synthetic_llama").block_shapes(shape)) == 43_008
     assert script.matched_lora_rank(shape, 4) == 34 and script.matched_lora_rank(shape, 1) == 8
 
 
