@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from .kmeans import _BYTES_PER_ELEMENT as _KMEANS_BYTES_PER_ELEMENT
 from .refit import _CHUNK_BYTES as _REFIT_CHUNK_BYTES
 from .settings import CompressSettings
+from .sketcher import refit_product
 
 LAYER_PHASES = ("prepare", "kmeans", "codes", "refit", "objective", "error")
 # Lloyd iterations per (row, group) problem until the tolerance stops it: 13-15 on the embedded model's
@@ -152,8 +153,6 @@ def codes_work(R: int, C: int, block: int, gpu: bool = False) -> Work:
 
 def dense_refit(s: CompressSettings, gpu: bool) -> bool:
     """Whether the refit forms A^T H by dense GEMMs on this kind of device (the sketcher's own rule)."""
-    from .sketcher import refit_product
-
     return refit_product(s, "cuda" if gpu else "cpu") == "dense"
 
 

@@ -15,6 +15,10 @@ from pathlib import Path
 import torch
 
 from .cost_model import Rates, codes_work, kmeans_work
+from .kmeans import weighted_kmeans_1d
+from .refit import _one_hot_transposed
+from .settings import CompressSettings
+from .sketcher import _assign_compensated, _prepare
 
 
 def _gpu(name: str, fp32: float, bf16: float, hbm: float, l2: float, note: str) -> Rates:
@@ -73,8 +77,6 @@ def measure_rates(device: str = "cpu") -> Rates:
     probe stays cheap, except where the cache decides the speed (memory bandwidth, the refit's product with
     an H beyond the cache); benchmarks/cost_model.md checks the result against whole phases at real layer
     shapes."""
-    from .refit import _one_hot_transposed
-
     dev = torch.device(device)
     gen = torch.Generator(device=dev).manual_seed(0)
     big_n, n = 2048, 1024  # a product large enough to run near the device's matmul speed; the rest smaller
@@ -143,8 +145,6 @@ def _sparse_rates(dev, gen, spd: torch.Tensor, cache: float) -> tuple[float, flo
     16 and 64 slots (the same nonzeros, 4x the output; 128 rows x 1024 columns, an output beyond the caches
     as the refit's 256 MB row chunks are) separate them; a third with an H far beyond the cache (8192 x
     8192 floats, 256 MB) gives the streamed rate."""
-    from .refit import _one_hot_transposed
-
     def product_seconds(H, rows, slots):
         at = _one_hot_transposed(torch.randint(0, slots, (rows, H.shape[0]), device=dev, generator=gen), slots)
         return _best_seconds(lambda: at @ H, dev.type, reps=3)
@@ -165,9 +165,6 @@ def _column_loop_rates(dev, gen, spd: torch.Tensor, rates: Rates) -> tuple[float
     loop itself, 64 and 512 rows x 512 columns, less their lazy-update arithmetic; the difference gives the
     per-row cost, the rest the per-operation cost. On a GPU too the eager loop is timed (compress itself
     uses the Triton kernel there): ``op`` is what every eager operation costs."""
-    from .settings import CompressSettings
-    from .sketcher import _assign_compensated, _prepare
-
     cols = 512
     s = CompressSettings(groups_per_row=1)
     times = {}
@@ -188,8 +185,6 @@ def _kmeans_step_rate(dev, gen, rates: Rates) -> float:
     """k-means step elements per second: a small instance of the sketcher's k-means (256 rows x 4 groups x
     128 values, 16 centroids), less what the cost model bills to the other primitives, over its counted
     step elements."""
-    from .kmeans import weighted_kmeans_1d
-
     rows, groups, n, k = 256, 4, 128, 16
     x = torch.randn(rows, groups, n, device=dev, generator=gen)
     iterations = []
