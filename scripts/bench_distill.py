@@ -169,20 +169,23 @@ def run_config(s: Settings, bits: int, groups: int, seed: int, tok, sets, calib,
             curve.append({"step": steps_done, "ppl": score_as_saved(model, sets)})
             print(f"  step {steps_done}: {headline(curve[-1]['ppl']):.3f}", file=sys.stderr, flush=True)
 
-    def load_teacher():
-        return load_model(MODEL, dtype="float32", device="cpu")[0]
-
-    preemption.add_progress_hook(on_progress)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
-            summary = distill(model, load_teacher, tok, calib, settings, torch.device("cpu"), Path(tmp),
-                              fingerprint="bench-distill", resume=False)
-    finally:
-        preemption.remove_progress_hook(on_progress)
+    summary = distill_watched(model, tok, calib, settings, on_progress, "bench-distill")
     return {"bits": bits, "groups": groups, "seed": seed, "bits_per_weight": round(bpw, 4),
             "compress_s": round(compress_s, 1), "distill_s": round(summary["train_seconds"], 1),
             "distill_loss": [summary.get("first_loss"), summary.get("final_loss")],
             "loss_curve": summary.get("loss_curve"), "curve": curve}
+
+
+def distill_watched(model, tok, calib, settings: CompressSettings, on_progress, name: str) -> dict:
+    """The product's ``distill`` of the model's LUTs (teacher: the dense model) in a scratch folder, with
+    ``on_progress`` hooked in to score the student at chosen steps; ``name``: the folder prefix and fingerprint."""
+    preemption.add_progress_hook(on_progress)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+            return distill(model, lambda: load_model(MODEL, dtype="float32", device="cpu")[0], tok, calib, settings,
+                           torch.device("cpu"), Path(tmp), fingerprint=name, resume=False)
+    finally:
+        preemption.remove_progress_hook(on_progress)
 
 
 def validation_windows(calib_source: str, tok, s: Settings) -> torch.Tensor:
@@ -229,14 +232,8 @@ def run_lr_sweep(s: Settings, lrs: list[float], sweep_steps: int, tok, calib, ca
                 rows.append({"lr": lr, "step": steps_done, "ppl": score_as_saved(model, val)["calib-validation"]})
                 print(f"  lr {lr:g} step {steps_done}: validation ppl {rows[-1]['ppl']:.3f}", file=sys.stderr, flush=True)
 
-        preemption.add_progress_hook(on_progress)
-        try:
-            with tempfile.TemporaryDirectory(prefix="bench-distill-sweep-") as tmp:
-                distill(model, lambda: load_model(MODEL, dtype="float32", device="cpu")[0], tok, calib,
-                        settings.model_copy(update={"distill_lr": lr}), torch.device("cpu"), Path(tmp),
-                        fingerprint="bench-distill-sweep", resume=False)
-        finally:
-            preemption.remove_progress_hook(on_progress)
+        distill_watched(model, tok, calib, settings.model_copy(update={"distill_lr": lr}), on_progress,
+                        "bench-distill-sweep")
     final = [r for r in rows if r["step"] == sweep_steps]
     best = min(final, key=lambda r: r["ppl"])["lr"]
     return {"rows": rows, "sweep_steps": sweep_steps, "chosen_lr": best, "validation": list(val["calib-validation"].shape)}
