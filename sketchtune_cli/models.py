@@ -186,29 +186,28 @@ def torch_dtype(name: str | torch.dtype, device: str = "cpu") -> torch.dtype:
     return table[name]
 
 
-def _load_error(spec: str, err: Exception) -> UserError:
-    """A local model that fails to load is not a Hub problem: say what failed instead."""
-    if resolve_model(spec).kind in ("local", "gguf"):
-        return UserError(f"cannot load model {spec} ({describe(err)}); check its files")
-    return _hub_error(spec, err)
-
-
-def _hub_error(spec: str, err: Exception) -> UserError:
-    return UserError(
-        f"model {spec!r} is neither an alias ({', '.join(ALIASES)}), a local directory nor reachable on the "
-        f"Hugging Face Hub ({type(err).__name__}); check the name, run `hf auth login` for gated models, "
-        f"or pass a local path"
-    )
+@contextlib.contextmanager
+def _load_errors(spec: str):
+    """An OSError while loading as one line: a local model that fails to load is not a Hub problem, so
+    say what failed instead."""
+    try:
+        yield
+    except OSError as err:
+        if resolve_model(spec).kind in ("local", "gguf"):
+            raise UserError(f"cannot load model {spec} ({describe(err)}); check its files") from None
+        raise UserError(
+            f"model {spec!r} is neither an alias ({', '.join(ALIASES)}), a local directory nor reachable on the "
+            f"Hugging Face Hub ({type(err).__name__}); check the name, run `hf auth login` for gated models, "
+            f"or pass a local path"
+        ) from None
 
 
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
     location, kwargs = pretrained_location(spec)
-    try:
+    with _load_errors(spec):
         return AutoTokenizer.from_pretrained(location, **kwargs)
-    except OSError as e:
-        raise _load_error(spec, e) from None
 
 
 def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"):
@@ -219,10 +218,8 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
     if "gguf_file" in kwargs:
         kwargs.update(_gguf_kwargs())
     try:
-        with quiet_progress():
+        with _load_errors(spec), quiet_progress():
             model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype, device), **kwargs)
-    except OSError as e:
-        raise _load_error(spec, e) from None
     except SafetensorError as e:
         raise UserError(f"the weights of model {spec} cannot be read ({describe(e)}); the files are damaged or "
                         f"incomplete, download them again") from None
@@ -246,10 +243,8 @@ def load_model_config(spec: str):
         fields = dict(bundled_shapes()[name])
         return CONFIG_MAPPING[fields.pop("model_type")](**fields)
     location, kwargs = pretrained_location(spec)
-    try:
+    with _load_errors(spec):
         return AutoConfig.from_pretrained(location, **kwargs)
-    except OSError as e:
-        raise _load_error(spec, e) from None
 
 
 def max_positions(config) -> int | None:
