@@ -116,7 +116,8 @@ def _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sectio
         with write_artifact(out, "finetune", sections, parent=base, overwrite=overwrite, resume=resume,
                             keep_partial_on_error=True, unhashed=("checkpoints/",)) as writer:
             if accelerator.log_with:
-                accelerator.init_trackers(cfg.logging.project, config=_tracker_config(sections))
+                tracked = {sec: sections[sec] for sec in ("data", "train")}
+                accelerator.init_trackers(cfg.logging.project, config=tracking.flat_config(tracked))
             trainer = Trainer(accelerator, model, tokenizer, data, cfg.train, writer.path, fp, resuming)
             results = trainer.run()
             for tracker in accelerator.trackers:  # flush event files before they are hashed
@@ -132,12 +133,3 @@ def _train_and_write(accelerator, cfg, model, tokenizer, data, base, out, sectio
         if ckpt.latest_checkpoint(partial_dir(out)) is None:
             shutil.rmtree(partial_dir(out), ignore_errors=True)
         raise
-
-
-def _tracker_config(sections: dict) -> dict:
-    flat = {}
-    for sec in ("data", "train"):
-        for k, v in sections[sec].items():
-            if isinstance(v, (int, float, str, bool)):
-                flat[f"{sec}.{k}"] = v
-    return flat
