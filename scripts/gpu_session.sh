@@ -7,7 +7,8 @@
 #
 #   bash scripts/gpu_session.sh OUT_DIR
 #
-# Writes OUT_DIR/{env.txt, gpu_check.*, block_g4.*, block_g1.*, finetune_block.*} (.log and .json each);
+# Writes OUT_DIR/{env.txt, session.log, gpu_check.json, block_g4.json, block_g1.json, finetune_block.json}: few
+# files, because the device tool brings back at most 8 of a call (two runs lost gpu_check's files to that);
 # `python scripts/report_gpu.py OUT_DIR` renders them as OUT_DIR/gpu.md. Assumes the repository root as
 # working directory and the package importable (installed, or PYTHONPATH=.:kernels).
 set -uo pipefail
@@ -20,12 +21,12 @@ py=${PYTHON:-python3}
 triton.__version__, '| transformers', transformers.__version__)"; } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
 
-step() {  # step NAME SECONDS CMD...: runs CMD under a time limit, log to OUT/NAME.log, says how it ended
+step() {  # step NAME SECONDS CMD...: runs CMD under a time limit, log appended to OUT/session.log, says how it ended
     local name=$1 limit=$2; shift 2
     local t0=$SECONDS
-    timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+    timeout "$limit" "$@" 2>&1 | tee -a "$out/session.log"
     local rc=${PIPESTATUS[0]}
-    echo "== $name: exit $rc after $((SECONDS - t0)) s (limit $limit s)" | tee -a "$out/$name.log"
+    echo "== $name: exit $rc after $((SECONDS - t0)) s (limit $limit s)" | tee -a "$out/session.log"
 }
 
 step gpu_check "${GPU_CHECK_LIMIT:-270}" $py scripts/gpu_check.py --out "$out/gpu_check.json"
