@@ -178,23 +178,31 @@ def candidates(root: Path) -> list[Path]:
 
 def latest_checkpoint(root: Path) -> Path | None:
     """The directory of the newest complete checkpoint under ``root``, or None."""
-    found = candidates(root)
-    return found[0] if found else None
+    return next(iter(candidates(root)), None)
+
+
+def _first_readable(root: Path, read, report: bool):
+    """``(checkpoint, read(checkpoint))`` for the best checkpoint ``read`` succeeds on (:func:`candidates`);
+    None when there is no checkpoint. Raises UserError when there are some but none reads. ``report``: log
+    one line for each that fails, and name the last failure in the error."""
+    found, problem = candidates(root), ""
+    for ck in found:
+        try:
+            return ck, read(ck)
+        except READ_ERRORS as e:
+            if report:
+                problem = f" ({describe(e)})"
+                log.warning("cannot read checkpoint %s (%s); trying the previous one", ck, describe(e))
+    if found:
+        raise UserError(f"no readable checkpoint in {Path(root) / CKPT_DIR}{problem}; delete {root} and run "
+                        f"without --resume to start over")
+    return None
 
 
 def first_readable_state(root: Path) -> tuple[Path, dict] | None:
     """The best checkpoint whose ``state.json`` reads, with that state; None when there is no checkpoint.
     Raises UserError when there are checkpoints but none reads."""
-    found = candidates(root)
-    for ck in found:
-        try:
-            return ck, read_state(ck)
-        except READ_ERRORS:  # load_latest reports it, once, when it gets there
-            continue
-    if found:
-        raise UserError(f"no readable checkpoint in {Path(root) / CKPT_DIR}; delete {root} and run without "
-                        f"--resume to start over")
-    return None
+    return _first_readable(root, read_state, report=False)  # load_latest reports them, once, when it gets there
 
 
 def read_state(ck: Path) -> dict:
@@ -204,20 +212,11 @@ def read_state(ck: Path) -> dict:
 def load_latest(root: Path, params: dict[str, torch.nn.Parameter], optimizer, scheduler) -> tuple[Path, dict] | None:
     """Restore from the best readable checkpoint under ``root`` (:func:`candidates`), reporting each one
     that fails to read in one line; None when there is none. Raises UserError when none reads."""
-    found = candidates(root)
-    problem = ""
-    for ck in found:
-        try:
-            files = _read_files(ck)
-        except READ_ERRORS as e:
-            problem = describe(e)
-            log.warning("cannot read checkpoint %s (%s); trying the previous one", ck, problem)
-            continue
-        return ck, _apply(ck, files, params, optimizer, scheduler)
-    if found:
-        raise UserError(f"no readable checkpoint in {Path(root) / CKPT_DIR} ({problem}); delete {root} and run "
-                        f"without --resume to start over")
-    return None
+    found = _first_readable(root, _read_files, report=True)
+    if found is None:
+        return None
+    ck, files = found
+    return ck, _apply(ck, files, params, optimizer, scheduler)
 
 
 def _read_files(ck: Path) -> tuple[dict, dict, dict, dict]:

@@ -25,10 +25,7 @@ class DataOrder:
 
     def global_batch(self, step: int, batch_size: int) -> list[int]:
         """Example indices of optimizer step ``step`` (0-based); batches run on across epoch ends."""
-        out = []
-        for pos in range(step * batch_size, (step + 1) * batch_size):
-            out.append(self._perm(pos // self.n)[pos % self.n])
-        return out
+        return [self._perm(pos // self.n)[pos % self.n] for pos in range(step * batch_size, (step + 1) * batch_size)]
 
 
 def shard(indices: list[int], rank: int, world: int) -> list[int]:

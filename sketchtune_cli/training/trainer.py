@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .. import preemption
 from ..errors import UserError
-from ..sketch import SketchedLinear
+from ..sketch import sketched_layers
 from . import checkpoint as ckpt
 from .batches import IGNORE, Datasets, collate
 from .metrics import MetricsLog, Progress, log_step
@@ -120,11 +120,10 @@ def trainable_luts(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     for p in model.parameters():
         p.requires_grad_(False)
     luts = {}
-    for name, module in model.named_modules():
-        if isinstance(module, SketchedLinear):
-            module.lut.data = module.lut.data.float()
-            module.lut.requires_grad_(True)
-            luts[f"{name}.lut"] = module.lut
+    for name, module in sketched_layers(model).items():
+        module.lut.data = module.lut.data.float()
+        module.lut.requires_grad_(True)
+        luts[f"{name}.lut"] = module.lut
     if not luts:
         raise UserError("the base model has no sketched layers; fine-tune a sketch artifact made by `sketchtune compress`")
     return luts
@@ -146,9 +145,8 @@ def shard_model(model: torch.nn.Module, device: torch.device, world: int) -> int
     # FSDP2 all-gathers the LUT into a persistent unsharded buffer under _unsafe_preserve_version_counter:
     # new values arrive without a version bump, so the CPU W_hat cache (keyed on version and pointer) could
     # serve stale weights in eval. The flat-index cache stays: it is keyed on the codes, which FSDP never touches.
-    for m in model.modules():
-        if isinstance(m, SketchedLinear):
-            m.cache_dense_on_cpu = False
+    for m in sketched_layers(model).values():
+        m.cache_dense_on_cpu = False
     return len(blocks)
 
 
@@ -330,9 +328,7 @@ class Trainer:
 
     def _no_sync(self):
         """Accumulate gradients locally (no all-reduce / reduce-scatter) for all but the last micro batch."""
-        if not self.fsdp:
-            return self.acc.no_sync(self.model)
-        return _fsdp_no_sync(self.model)
+        return _fsdp_no_sync(self.model) if self.fsdp else self.acc.no_sync(self.model)
 
     def _autocast(self):
         # DDP: accelerator.prepare already wrapped the model's forward in the mixed-precision autocast.
