@@ -49,11 +49,8 @@ def estimate_sketch(model, name: str, bits: int, groups_per_row: int, targets=No
         code_bytes += rows * groups_per_row * packed_len(cols // groups_per_row, bits)
         weights += rows * cols
         sketched_param_ids.add(id(lin.weight))
-    seen, unsketched_params, all_params = set(), 0, 0
+    unsketched_params = all_params = 0
     for p in model.parameters():  # parameters() already skips tied duplicates
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
         all_params += p.numel()
         if id(p) not in sketched_param_ids:
             unsketched_params += p.numel()

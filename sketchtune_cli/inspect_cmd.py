@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -37,9 +38,7 @@ def _tensor_sizes(root: Path) -> dict:
         with st_ctx as st:
             for key in st.keys():
                 sl = st.get_slice(key)
-                numel = 1
-                for d in sl.get_shape():
-                    numel *= d
+                numel = math.prod(sl.get_shape())
                 nbytes = numel * _DTYPE_BYTES.get(sl.get_dtype(), 4)
                 if key.endswith(".lut"):
                     out["lut_params"] += numel

@@ -60,10 +60,9 @@ def model_sizes(model: nn.Module) -> dict:
     lut_params = sum(m.lut.numel() for m in layers.values())
     sketched_weights = sum(m.in_features * m.out_features for m in layers.values())
     code_bytes = sum(m.codes.numel() for m in layers.values())
-    seen, other_params = set(), 0
+    other_params = 0
     for name, p in model.named_parameters():  # named_parameters skips tied duplicates
-        if not name.endswith(".lut") and id(p) not in seen:
-            seen.add(id(p))
+        if not name.endswith(".lut"):
             other_params += p.numel()
     return {
         "trainable_params": lut_params,
