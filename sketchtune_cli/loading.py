@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from .artifacts import Manifest, check_stage, ensure_verified, is_artifact, read_manifest, resolve_ref
 from .errors import UserError
-from .models import load_model, torch_dtype
+from .models import load_model, quiet_progress, torch_dtype
 
 LUT_ADAPTER = "lut_adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -153,8 +153,6 @@ def load_export(manifest: Manifest, device: str = "cpu", dtype: torch.dtype | No
     fmt = export_format(manifest)
     if fmt == "hf-dense":
         from transformers import AutoModelForCausalLM
-
-        from .models import quiet_progress
 
         with quiet_progress():  # loading is not the stage's work: no third-party bar before its own lines
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto")

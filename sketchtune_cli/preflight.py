@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from .artifacts import existing_ancestor, is_artifact, read_manifest, writable_problem
+from .artifacts import check_output, existing_ancestor, is_artifact, read_manifest, resolve_ref, writable_problem
 from .errors import PreflightError, UserError
 
 
@@ -75,8 +75,6 @@ def writable_problems(out: Path) -> list[str]:
 
 def output_problems(out: Path, overwrite: bool, resume: bool = False) -> list[str]:
     """A stage command's output: not clobbering (``artifacts.check_output``'s rules)."""
-    from .artifacts import check_output
-
     return problem_of(check_output, Path(out), overwrite, resume)
 
 
@@ -125,8 +123,6 @@ def device_problems(settings: dict[str, str]) -> list[str]:
 def artifact_problems(path: str | Path, stage, base: str | Path | None = None) -> list[str]:
     """An artifact input: a manifest of the right stage whose parent (if it needs one) can be found by
     its recorded path or ``base``. Checksums are verified later, when the stage reads the files."""
-    from .artifacts import resolve_ref
-
     try:
         manifest = read_manifest(path, stage=stage, verify=False)
         if manifest.stage == "finetune":
