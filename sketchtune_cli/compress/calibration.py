@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, describe
 from ..prompts import render_alpaca
 from ..remote import Fetched, is_url
 from ..textfiles import read_text
@@ -140,7 +140,7 @@ def _check_hf_source(source: str) -> None:
         datasets.load_dataset_builder(path, cfg, data_files=files)
     except Exception as e:
         raise UserError(
-            f"could not resolve calibration dataset {source!r} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+            f"could not resolve calibration dataset {source!r} ({describe(e, 160)}); "
             f"check the name or use --calib builtin or a local .txt/.json/.jsonl file or URL"
         ) from None
 
@@ -211,7 +211,7 @@ def hf_texts(source: str, seed: int, char_budget: int) -> list[str]:
         ds = datasets.load_dataset(path, cfg, split=split, data_files=files)
     except Exception as e:  # offline, unknown name, gated...: all one-line user errors
         raise UserError(
-            f"could not load calibration dataset {source!r} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+            f"could not load calibration dataset {source!r} ({describe(e, 160)}); "
             f"check the name or use --calib builtin or a local .txt/.json/.jsonl file"
         ) from None
     if "text" not in ds.column_names:
