@@ -14,9 +14,10 @@ from .compress.settings import CompressSettings
 from .errors import UserError
 from .evaluate.settings import EvalSettings
 from .export.settings import ExportSettings
-from .finetune.settings import DataSettings, TrainSettings
+from .finetune.settings import DataSettings
 from .settings_base import Section
 from .stages import StageConfig
+from .training.settings import TrainSettings
 
 
 class ModelSettings(Section):

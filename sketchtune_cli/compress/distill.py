@@ -28,7 +28,8 @@ from safetensors.torch import load_file
 
 from .. import processes
 from ..training.batches import IGNORE, Datasets, Example
-from ..training.trainer import LoopSettings, Trainer, make_accelerator
+from ..training.settings import TrainSettings
+from ..training.trainer import Trainer, make_accelerator
 from .checkpoint import atomic_save
 from .settings import CompressSettings
 
@@ -129,12 +130,12 @@ def _topk_targets(load_teacher: Callable, calib_ids: torch.Tensor, s: CompressSe
     return load_file(str(path))
 
 
-def loop_settings(s: CompressSettings) -> LoopSettings:
+def loop_settings(s: CompressSettings) -> TrainSettings:
     """The Trainer's settings for a distillation: constant learning rate after a linear warm-up."""
-    return LoopSettings(lr=s.distill_lr, max_steps=s.distill_steps, batch_size=s.distill_batch_size,
-                        micro_batch_size=s.distill_micro_batch_size, warmup_steps=s.distill_warmup_steps,
-                        scheduler="constant", seed=s.seed, log_every=10,
-                        gradient_checkpointing=s.distill_gradient_checkpointing)
+    return TrainSettings(lr=s.distill_lr, max_steps=s.distill_steps, batch_size=s.distill_batch_size,
+                         micro_batch_size=s.distill_micro_batch_size, warmup_steps=s.distill_warmup_steps,
+                         scheduler="constant", seed=s.seed, log_every=10,
+                         gradient_checkpointing=s.distill_gradient_checkpointing)
 
 
 def distill_problems(s: CompressSettings, world_size: int) -> list[str]:

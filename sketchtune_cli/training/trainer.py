@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -160,32 +160,6 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.enable_input_require_grads()
-
-
-@dataclass
-class LoopSettings:
-    """What the loop reads of a ``train:`` section (finetune passes its ``TrainSettings``, which has these
-    fields and more); a stage that trains without a ``train:`` section (compress's distillation) fills
-    one. Defaults are ``TrainSettings``'s."""
-
-    lr: float = 3e-5
-    max_steps: int | None = None
-    epochs: float = 3.0
-    micro_batch_size: int = 4
-    batch_size: int = 16
-    warmup_steps: int = 100
-    scheduler: str = "linear"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "auto"
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    deterministic: bool = False
-    save_every: int | None = None
-    save_every_minutes: float | None = 30.0
-    eval_every: int | None = None
-    log_every: int = 1
-    trackers: list = field(default_factory=list)
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
