@@ -100,43 +100,52 @@ class Step:
     existing: Manifest | None = None
 
 
+def parent_manifest(cfg: RunConfig, name: str, known: dict[str, Manifest], verify: bool) -> Manifest | None:
+    """Stage ``name``'s parent manifest (None if it has none): ``known``'s, else read into it (UserError if missing)."""
+    parent = stages.get(name).parent
+    if parent is None or parent in known:
+        return known.get(parent)
+    path = stage_dir(cfg, parent)
+    if not is_artifact(path):
+        raise UserError(f"stage {name} needs {path}; run `--from {parent}` first")
+    known[parent] = read_manifest(path, stage=ARTIFACT_STAGE[parent], verify=verify)
+    return known[parent]
+
+
+def keeps_existing(cfg: RunConfig, stage: stages.Stage, existing: Manifest, parent: Manifest | None,
+                   overwrite: bool) -> bool:
+    """Whether the stage's existing artifact is kept (current); if not, UserError unless ``overwrite``."""
+    if is_current(stage.name, existing, cfg, parent):
+        return True
+    if not overwrite:
+        raise UserError(f"{existing.path} was made with another config or from another {stage.parent or 'model'}; "
+                        f"pass --overwrite to re-run {stage.name}, or set another output_dir")
+    return False
+
+
 def plan_stages(cfg: RunConfig, names: list[str], overwrite: bool = False) -> tuple[list[Step], list[str]]:
     """Which stages run, resume or are skipped (up to date), from manifests alone (no checksums); problems:
     a missing parent artifact, or an artifact made with another config without --overwrite."""
     steps: list[Step] = []
     problems: list[str] = []
-    decided: dict[str, Step] = {}
     for name in names:
         stage, out = stages.get(name), stage_dir(cfg, name)
-        parent, parent_pending = None, False
-        if stage.parent:
-            before = decided.get(stage.parent)
-            if before is not None and before.action != "skip":
-                parent_pending = True
-            elif before is not None:
-                parent = before.existing
-            elif not is_artifact(stage_dir(cfg, stage.parent)):
-                problems.append(f"stage {name} needs {stage_dir(cfg, stage.parent)}; run `--from {stage.parent}` first")
-                parent_pending = True  # so the checks below do not repeat it
-            else:
-                try:
-                    parent = read_manifest(stage_dir(cfg, stage.parent), stage=ARTIFACT_STAGE[stage.parent], verify=False)
-                except UserError as e:
-                    problems.append(str(e))
-                    parent_pending = True
+        kept = {s.stage: s.existing for s in steps if s.action == "skip"}
+        # a parent this plan runs is not made yet: its child's artifact is judged only once it has run
+        parent_pending = stage.parent in {s.stage for s in steps} and stage.parent not in kept
+        try:
+            parent = None if parent_pending else parent_manifest(cfg, name, kept, verify=False)
+        except UserError as e:
+            problems.append(str(e))
+            parent, parent_pending = None, True  # so the checks below do not repeat it
         step = Step(name, out, "resume" if partial_dir(out).exists() else "run")
         if is_artifact(out):
             try:
                 existing = read_manifest(out, stage=stage.artifact, verify=False)
+                if not parent_pending and keeps_existing(cfg, stage, existing, parent, overwrite):
+                    step = Step(name, out, "skip", existing)
             except UserError as e:
                 problems.append(str(e))
-                existing = None
-            if existing is not None and not parent_pending and is_current(name, existing, cfg, parent):
-                step = Step(name, out, "skip", existing)
-            elif existing is not None and not overwrite and not parent_pending:  # else: known once its parent ran
-                problems.append(f"{out} was made with another config or from another {stage.parent or 'model'}; "
-                                f"pass --overwrite to re-run {name}, or set another output_dir")
-        decided[name] = step
         steps.append(step)
     return steps, problems
 
@@ -195,26 +204,16 @@ def run_stages(cfg: RunConfig, names: list[str], overwrite: bool = False,
     for name in names:
         stage = stages.get(name)
         out = stage_dir(cfg, name)
-        parent = None
-        if stage.parent:
-            parent = known.get(stage.parent)
-            parent_path = stage_dir(cfg, stage.parent)
-            if parent is None and not is_artifact(parent_path):
-                raise UserError(f"stage {name} needs {parent_path}; run `--from {stage.parent}` first")
-            if parent is None:
-                parent = known[stage.parent] = read_manifest(parent_path, stage=ARTIFACT_STAGE[stage.parent])
+        parent = parent_manifest(cfg, name, known, verify=True)
         if on_stage:
             on_stage(name)
         if is_artifact(out):
             existing = read_manifest(out, stage=stage.artifact, verify=False)
-            if is_current(name, existing, cfg, parent):
+            if keeps_existing(cfg, stage, existing, parent, overwrite):
                 known[name] = ensure_verified(existing)  # hashed only when it is kept
                 log.info("%s: %s is up to date, skipping", name, out)
                 reports.append(StageReport(name, "skipped", out, 0.0, stage.headline(existing)))
                 continue
-            if not overwrite:
-                raise UserError(f"{out} was made with another config or from another {stage.parent or 'model'}; "
-                                f"pass --overwrite to re-run {name}, or set another output_dir")
         resume = partial_dir(out).exists()
         if resume:
             log.info("%s: resuming the interrupted run in %s", name, partial_dir(out))
