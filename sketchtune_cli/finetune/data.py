@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DEMO = "demo"
 DEMO_SIZES = {"train": 2000, "test": 200}
+NO_TRAINING_DATA = "no training data: set data.path (a .json/.jsonl file or URL, a dataset name, or demo) or pass --data"
 
 
 # ---- reading records ---------------------------------------------------------------------------------
@@ -188,21 +189,19 @@ def data_problems(data) -> tuple[int | None, list[str]]:
     ``limit``, before ``held_out_count`` of them go to validation; or None when unreadable; every problem,
     one line each, capped)."""
     if not data.path:
-        return None, ["no training data: set data.path (a .json/.jsonl file or URL, a dataset name, or demo) or pass --data"]
-    n, problems = None, []
-    try:
-        records = read_records(data.path, data.split, data.limit, encoding=data.encoding)
-        n = len(records)
-        problems += record_problems(records, data.path, data.columns)
-    except UserError as e:
-        problems.append(str(e))
+        return None, [NO_TRAINING_DATA]
+    n, problems = _source_problems(data.path, data.split, data.limit, data)
     if data.val_path:  # checked even when the training data is unreadable: every problem at once
-        try:
-            val = read_records(data.val_path, "test", data.val_limit, encoding=data.encoding)
-            problems += record_problems(val, data.val_path, data.columns)
-        except UserError as e:
-            problems.append(str(e))
+        problems += _source_problems(data.val_path, "test", data.val_limit, data)[1]
     return n, capped(problems)
+
+
+def _source_problems(source: str, split: str, limit: int | None, data) -> tuple[int | None, list[str]]:
+    try:
+        records = read_records(source, split, limit, encoding=data.encoding)
+    except UserError as e:
+        return None, [str(e)]
+    return len(records), record_problems(records, source, data.columns)
 
 
 # ---- rendering and tokenizing ------------------------------------------------------------------------
@@ -299,7 +298,7 @@ def _split(records: list, fraction: float, seed: int) -> tuple[list, list]:
 def build_datasets(data, tokenizer, seed: int = 0) -> Datasets:
     """Tokenized train (and validation) examples for a ``data:`` section."""
     if not data.path:
-        raise UserError("no training data: set data.path (a .json/.jsonl file or URL, a dataset name, or demo) or pass --data")
+        raise UserError(NO_TRAINING_DATA)
     source = load_source(data.path, data.split, data.limit, seed, data.encoding)
     check_records(source.records, data.path, data.columns)
     records = [normalize(r, data.columns) for r in source.records]
