@@ -116,9 +116,6 @@ class Stage:
     def estimate(self, cfg) -> dict | None:
         return self.estimate_fn(self.view(cfg)) if self.estimate_fn else None
 
-    def results_config(self, config: dict) -> dict:
-        return results_config(self.sections, self.result_free, config)
-
     def fingerprint(self, config: dict) -> str:
         return fingerprint(self.sections, self.result_free, config)
 
@@ -126,7 +123,7 @@ class Stage:
 def results_config(sections: tuple[str, ...], result_free: dict[str, tuple[str, ...]], config: dict) -> dict:
     """The part of a resolved config (``RunConfig.model_dump`` or a manifest's) that decides a stage's
     results: its ``sections``, less their ``result_free`` keys (a stage's ``settings.SECTIONS`` and
-    ``settings.RESULT_FREE``; its own code uses these functions, its ``STAGE`` the methods above)."""
+    ``settings.RESULT_FREE``; its own code uses these functions, its ``STAGE`` ``Stage.fingerprint``)."""
     picked = {}
     for name in sections:
         value = config.get(name)
