@@ -114,7 +114,8 @@ def layer_work(rows: int, cols: int, s: CompressSettings, refit_rounds: int | No
         "prepare": Work(factor=4 / 3 * C ** 3, bytes=40.0 * C * C, ops=50, cols=C),
         "kmeans": kmeans_work(R, C, G, k, iters, s.kmeans_restarts),
         "codes": codes_work(R, C, s.block_size, gpu) * assignments,
-        "refit": refit_work(R, C, G, k, rounds, dense_refit(s, gpu)),
+        # dense GEMMs or the sparse product: the sketcher's own rule for this kind of device
+        "refit": refit_work(R, C, G, k, rounds, refit_product(s, "cuda" if gpu else "cpu") == "dense"),
         # tr((W-Q) H (W-Q)^T): one dense product and a few passes over the rows, before and after each round
         "objective": (Work(gemm=2.0 * R * C * C, bytes=32.0 * R * C, ops=11 * math.ceil(R / 1024)) * (rounds + 1)
                       if rounds else Work()),
@@ -149,11 +150,6 @@ def codes_work(R: int, C: int, block: int, gpu: bool = False) -> Work:
         blocks = math.ceil(C / block)
         return Work(gemm=R * C * C + 8.0 * R * C * block, bytes=16.0 * R * C, ops=8 * blocks)
     return Work(gemm=R * C * C + 2.0 * R * C * block, loop=float(R) * C, ops=6.45 * C)
-
-
-def dense_refit(s: CompressSettings, gpu: bool) -> bool:
-    """Whether the refit forms A^T H by dense GEMMs on this kind of device (the sketcher's own rule)."""
-    return refit_product(s, "cuda" if gpu else "cpu") == "dense"
 
 
 def refit_work(R: int, C: int, G: int, k: int, rounds: int, dense: bool = False) -> Work:
