@@ -46,16 +46,32 @@ def _lut_matmul_kernel(
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=tmask[:, None] & rmask[None, :])
 
 
-def _config(tokens: int, rows: int, cols: int, device) -> tuple[int, int, int, int]:
-    """(BLOCK_T, BLOCK_R, BLOCK_K, splits). Fixed, small configs; the interpreter gets big blocks."""
+# Decode (1-16 tokens) on a GPU: (BLOCK_R, BLOCK_K, num_warps, programs per SM that the K split aims for).
+# Chosen by scripts/sweep_matmul_blocks.py; (64, 64, 4, 2) is the first, unmeasured choice.
+GPU_DECODE = (64, 64, 4, 2)
+
+
+def _decode_launch(tokens: int, rows: int, cols: int, sms: int, cfg=None) -> tuple[int, int, int, int, int]:
+    """(BLOCK_T, BLOCK_R, BLOCK_K, splits, num_warps) for ``tokens <= 16`` from ``cfg`` (default GPU_DECODE):
+    K is split until about ``per_sm * sms`` programs run, keeping at least 4 BLOCK_K steps per split."""
+    block_r, block_k, warps, per_sm = cfg or GPU_DECODE
+    programs = triton.cdiv(tokens, 16) * triton.cdiv(rows, block_r)
+    splits = max(1, min(triton.cdiv(cols, 4 * block_k), triton.cdiv(per_sm * sms, programs)))
+    return 16, block_r, block_k, splits, warps
+
+
+def _config(tokens: int, rows: int, cols: int, device) -> tuple[int, int, int, int, int]:
+    """(BLOCK_T, BLOCK_R, BLOCK_K, splits, num_warps). Fixed, small configs; the interpreter gets big blocks."""
     if interpreting() or device.type != "cuda":
-        return 16, 64, 64, 1
-    block_t = 16 if tokens <= 16 else (32 if tokens <= 32 else 64)
+        return 16, 64, 64, 1, 4
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if tokens <= 16:
+        return _decode_launch(tokens, rows, cols, sms)
+    block_t = 32 if tokens <= 32 else 64
     block_r, block_k = 64, 64
     programs = triton.cdiv(tokens, block_t) * triton.cdiv(rows, block_r)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
     splits = max(1, min(triton.cdiv(cols, 4 * block_k), triton.cdiv(2 * sms, programs)))
-    return block_t, block_r, block_k, splits
+    return block_t, block_r, block_k, splits, 4
 
 
 def lut_matmul_triton(x: torch.Tensor, lut: torch.Tensor, codes: torch.Tensor, bits: int, in_features: int,
@@ -74,7 +90,7 @@ def lut_matmul_triton(x: torch.Tensor, lut: torch.Tensor, codes: torch.Tensor, b
         return out
     if in_features == 0:
         return out.zero_()
-    block_t, block_r, block_k, auto_splits = _config(tokens, rows, in_features, x.device)
+    block_t, block_r, block_k, auto_splits, warps = _config(tokens, rows, in_features, x.device)
     per_split = triton.cdiv(triton.cdiv(in_features, splits or auto_splits), block_k) * block_k
     n_splits = triton.cdiv(in_features, per_split)
     out2 = out.view(tokens, rows) if out.is_contiguous() else None
@@ -85,7 +101,7 @@ def lut_matmul_triton(x: torch.Tensor, lut: torch.Tensor, codes: torch.Tensor, b
         x2, lut, codes, y, tokens, rows, in_features, n, nbytes, per_split,
         *x2.stride(), *lut.stride(), *codes.stride(), *y.stride(),
         BITS=bits, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_K=block_k,
-        PREC=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype),
+        PREC=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype), num_warps=warps,
     )
     if out2 is None or n_splits > 1:
         out.copy_(y.sum(0).view(out.shape) if n_splits > 1 else y[0].view(out.shape))

@@ -135,6 +135,38 @@ def test_lut_matmul_tokens_splits_and_layouts(tokens, bits):
         _close(lut_matmul_triton(x, lut, codes, bits, cols, out=out, splits=splits), expect, torch.float32)
 
 
+def test_decode_launch_default_is_the_first_formula():
+    """GPU_DECODE's default reproduces the fixed decode launch it replaced: 16/64/64, 4 warps, K split until
+    about 2 programs per SM with at least 4 BLOCK_K steps per split."""
+    from sketchtune_kernels.triton_matmul import _decode_launch
+
+    for tokens, rows, cols, sms in [(1, 4096, 4096, 132), (16, 4096, 14336, 132), (16, 14336, 4096, 132),
+                                    (7, 19, 198, 4), (1, 1000, 100, 108)]:
+        programs = -(-tokens // 16) * -(-rows // 64)
+        splits = max(1, min(-(-cols // 256), -(-2 * sms // programs)))
+        assert _decode_launch(tokens, rows, cols, sms, (64, 64, 4, 2)) == (16, 64, 64, splits, 4)
+        assert _decode_launch(tokens, rows, cols, sms) == _decode_launch(tokens, rows, cols, sms, (64, 64, 4, 2))
+
+
+@pytest.mark.parametrize("cfg", [(16, 128, 2, 8), (32, 256, 4, 4), (128, 64, 8, 1)])
+def test_lut_matmul_at_sweep_decode_configs(cfg, monkeypatch):
+    """Launches as scripts/sweep_matmul_blocks.py sets GPU_DECODE (other blocks, warps, splits) mask a ragged
+    layer just as well."""
+    from sketchtune_kernels import triton_matmul
+
+    monkeypatch.setattr(triton_matmul, "_config",
+                        lambda tokens, rows, cols, device: triton_matmul._decode_launch(tokens, rows, cols, 4, cfg))
+    rows, groups, n = 19, 2, 700
+    cols = groups * n
+    assert triton_matmul._decode_launch(1, rows, cols, 4, cfg)[3] > 1  # K really split
+    lut, codes = _layer(rows, groups, n, 4, torch.bfloat16, seed=cfg[0])
+    for tokens in (1, 16):
+        x = torch.randn(tokens, cols).to(torch.bfloat16)
+        expect = lut_matmul_ref(x.float(), lut.float(), codes, 4, cols)
+        _close(lut_matmul(x, lut, codes, 4, cols, backend="triton", out=_nan((tokens, rows), torch.bfloat16)),
+               expect, torch.bfloat16)
+
+
 def test_lut_matmul_lut_dtype_differs_from_x():
     """The LUT is cast to x's dtype, as the reference casts W_hat."""
     lut, codes = _layer(9, 2, 24, 4, torch.float32, seed=5)
