@@ -77,10 +77,8 @@ def calibration_texts(source: str, seed: int, char_budget: int, encoding: str = 
     """The documents of a source, shuffled with ``seed`` and cut to about ``char_budget`` characters."""
     if source == "builtin":
         docs = builtin_texts()
-    elif is_url(source):
-        docs = file_texts(fetch_calibration_file(source).path, encoding)
-    elif _looks_like_file(source):
-        docs = file_texts(Path(source).expanduser(), encoding)
+    elif (path := _local_file(source)) is not None:
+        docs = file_texts(path, encoding)
     else:
         docs = hf_texts(source, seed, char_budget)
     docs = [d for d in docs if d.strip()]
@@ -91,15 +89,18 @@ def calibration_texts(source: str, seed: int, char_budget: int, encoding: str = 
     return _take_chars(docs, char_budget)
 
 
-def _looks_like_file(source: str) -> bool:
+def _local_file(source: str) -> Path | None:
+    """The file a source names: a URL's cached copy (fetched if needed), a local file; None for a dataset."""
+    if is_url(source):
+        return fetch_calibration_file(source).path
     p = Path(source).expanduser()
     if p.suffix.lower() in LOCAL_SUFFIXES:
         if not p.is_file():
             raise UserError(f"calibration file {p} does not exist")
-        return True
+        return p
     if p.exists():
         raise UserError(f"calibration file {p} must end in .txt, .json or .jsonl")
-    return False
+    return None
 
 
 def fetch_calibration_file(url: str) -> Fetched:
@@ -119,10 +120,8 @@ def calib_problems(compress) -> list[str]:
     try:
         if source == "builtin":
             return []
-        if is_url(source):
-            file_texts(fetch_calibration_file(source).path, compress.calib_encoding)
-        elif _looks_like_file(source):
-            file_texts(Path(source).expanduser(), compress.calib_encoding)
+        if (path := _local_file(source)) is not None:
+            file_texts(path, compress.calib_encoding)
         else:
             _check_hf_source(source)
     except UserError as e:
