@@ -51,10 +51,6 @@ def is_current(stage: str, existing: Manifest, cfg: RunConfig, parent: Manifest 
     return bool(existing.parent) and existing.parent.get("content_hash") == parent.content_hash
 
 
-# The stage name each artifact's manifest records.
-ARTIFACT_STAGE = {name: stages.get(name).artifact for name in STAGES}
-
-
 def demo_eval_file(cfg: RunConfig) -> Path | None:
     """Where the run writes the demo's held-out split: with the built-in demo data and no eval data dir."""
     if cfg.data.path != "demo" or cfg.eval.data_dir:
@@ -108,7 +104,7 @@ def parent_manifest(cfg: RunConfig, name: str, known: dict[str, Manifest], verif
     path = stage_dir(cfg, parent)
     if not is_artifact(path):
         raise UserError(f"stage {name} needs {path}; run `--from {parent}` first")
-    known[parent] = read_manifest(path, stage=ARTIFACT_STAGE[parent], verify=verify)
+    known[parent] = read_manifest(path, stage=stages.get(parent).artifact, verify=verify)
     return known[parent]
 
 
