@@ -202,9 +202,8 @@ def _sketch_one(linear: nn.Module, acc: HessianAccumulator, settings: CompressSe
     sketch, raw = sketch_fn(W, acc.hessian, settings)
     seconds = time.perf_counter() - t0
     raw = raw.as_dict() if hasattr(raw, "as_dict") else dict(raw or {})
-    stats = {"rel_error": raw.get("relative_error", raw.get("rel_error")), "damping": raw.get("damping"),
-             "damping_fraction": raw.get("damping_fraction"), "dead_columns": raw.get("dead_columns"),
-             "seconds": seconds, "refit_rounds": raw.get("refit_rounds")}
+    stats = {key: raw.get(key) for key in STAT_KEYS}  # in STAT_KEYS order, as the manifest has them
+    stats.update(rel_error=raw.get("relative_error", raw.get("rel_error")), seconds=seconds)
     return sketch, stats
 
 
