@@ -74,7 +74,7 @@ def sketch_layer(
     if H is not None:
         with timing.phase("error"):
             rel = relative_output_error(W, dequantize(sketch), H)
-    stats = SketchStats(prep.damping, prep.damping_fraction, prep.dead, time.perf_counter() - start,
+    stats = SketchStats(prep.damping, prep.damping_fraction, int(prep.dead_mask.sum()), time.perf_counter() - start,
                         km.iterations, km.converged, rel, max(len(objectives) - 1, 0), objectives)
     return sketch, stats
 
@@ -198,7 +198,6 @@ class _Prepared:
     upper: torch.Tensor | None  # upper Cholesky factor of the permuted, damped H^-1 (None = identity H)
     diag: torch.Tensor  # d_j = U[j, j] in coding order
     dead_mask: torch.Tensor  # [cols] bool, original order
-    dead: int
     damping: float
     damping_fraction: float
 
@@ -210,7 +209,7 @@ def _prepare(weights: torch.Tensor, H: torch.Tensor | None, s: CompressSettings)
     if H is None:
         ones = torch.ones(cols, device=device)
         return _Prepared(torch.arange(cols, device=device), None, ones, torch.zeros(cols, dtype=torch.bool, device=device),
-                         0, 0.0, 0.0)
+                         0.0, 0.0)
     if H.shape != (cols, cols):
         raise ValueError(f"H has shape {tuple(H.shape)}, expected ({cols}, {cols})")
     H = H.to(device, torch.float32).clone()
@@ -224,8 +223,7 @@ def _prepare(weights: torch.Tensor, H: torch.Tensor | None, s: CompressSettings)
         perm = torch.arange(cols, device=device)
     mean_diag = float(H.diagonal().mean())
     upper, damping = _inverse_cholesky_upper(H, s.percdamp * mean_diag, mean_diag)
-    return _Prepared(perm, upper, upper.diagonal().clone(), dead_mask, int(dead_mask.sum()), damping,
-                     damping / mean_diag)
+    return _Prepared(perm, upper, upper.diagonal().clone(), dead_mask, damping, damping / mean_diag)
 
 
 def _inverse_cholesky_upper(H: torch.Tensor, damping: float, mean_diag: float) -> tuple[torch.Tensor, float]:
