@@ -51,7 +51,8 @@ class DistContext:
         """The largest of a float over ranks (e.g. to agree on an error flag)."""
         if not self.enabled:
             return value
-        t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+        device = torch.device("cuda", torch.cuda.current_device()) if uses_nccl() else torch.device("cpu")
+        t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t.item())
 
@@ -75,9 +76,3 @@ def init_from_env() -> DistContext:
 def uses_nccl() -> bool:
     """NCCL collectives need CUDA tensors; gloo takes CPU ones."""
     return dist.is_initialized() and dist.get_backend() == "nccl"
-
-
-def _collective_device() -> torch.device:
-    if uses_nccl():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
