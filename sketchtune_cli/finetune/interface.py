@@ -68,8 +68,6 @@ def plan(cfg, job) -> dict:
 def run(cfg, job, parent):
     from .stage import run_finetune
 
-    cfg = cfg.model_copy(deep=True)
-    cfg.train.base = str(parent.path)
     return run_finetune(cfg, job.out, resume=job.resume, overwrite=job.overwrite, base=parent)
 
 

@@ -78,7 +78,7 @@ def check_resume(out: Path, fp: str) -> bool:
 def run_finetune(cfg, output: str | Path | None = None, resume: bool = False, overwrite: bool = False,
                  base: Manifest | None = None) -> Path:
     """Fine-tune the LUTs of a sketch per ``cfg``; returns the artifact path (on every process). ``base``:
-    the base sketch's manifest when the caller has read it already (``cfg.train.base`` must name it)."""
+    the base sketch's manifest when the caller has read it already (``cfg.train.base`` is then not read)."""
     out = Path(output) if output else default_output(cfg)
     base = resolve_base(cfg, base)
     check_output(out, overwrite, resume)
