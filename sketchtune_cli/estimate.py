@@ -72,8 +72,8 @@ def estimate_for_spec(spec: str, bits: int, groups_per_row: int, targets=None, i
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
             return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1000
     return f"{n:.2f} TB"
