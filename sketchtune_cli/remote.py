@@ -90,10 +90,9 @@ def fetch(url: str, pin: Pin | None = None, instead: str = "pass a local file in
     from filelock import FileLock
 
     target = target or cache_path(url, pin)
-    if target.is_file():  # the usual case after the first run: no lock, no network
-        cached = _cached(target, url, pin)
-        if cached is not None:
-            return cached
+    cached = _cached(target, url, pin)  # the usual case after the first run: no lock, no network
+    if cached is not None:
+        return cached
     var = offline()
     if var:
         raise UserError(f"{url} is not in the cache ({target.parent}) and {var} is set, so it cannot be "
