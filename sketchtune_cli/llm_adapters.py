@@ -32,11 +32,10 @@ def pins() -> dict[str, Pin]:
     for line in PINS_FILE.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
-        path, size, blob, sha = line.split("\t")
+        path, _bytes, blob, sha = line.split("\t")  # the size column is for people reading the table
         if blob == "-" and sha == "-":
             continue
-        table[path] = Pin(sha256=None if sha == "-" else sha, git_blob_sha1=None if blob == "-" else blob,
-                          size=None if size == "-" else int(size))
+        table[path] = Pin(sha256=None if sha == "-" else sha, git_blob_sha1=None if blob == "-" else blob)
     return table
 
 

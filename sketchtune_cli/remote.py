@@ -41,7 +41,6 @@ class Pin:
     which no one can compute)."""
     sha256: str | None = None
     git_blob_sha1: str | None = None
-    size: int | None = None
 
     @property
     def key(self) -> str:
