@@ -148,7 +148,7 @@ def _stop_if_requested(done: int, total: int, ckpt: Checkpointer) -> None:
 
 
 def compress_block(block, index, linears, inputs, kwargs, settings, device, sketch_fn, dist,
-                   on_layer=None, reuse: FinishedOutputs | None = None) -> tuple[dict[str, Sketch], dict[str, dict]]:
+                   on_layer, reuse: FinishedOutputs) -> tuple[dict[str, Sketch], dict[str, dict]]:
     """Sketch one block's linears (already on ``device``), sub-group by sub-group, in place. ``reuse``
     (entered by the caller) is told which linears are done, so later feeds reuse what they computed."""
     if not linears:
@@ -169,16 +169,14 @@ def compress_block(block, index, linears, inputs, kwargs, settings, device, sket
             _write_back(linears[name], sketch)
             sketches[name] = Sketch(sketch.lut.cpu(), sketch.codes.cpu(), sketch.bits)
             stats[name] = {"block": index, **layer_stats}
-            if on_layer:
-                on_layer(name, stats[name])
-        if reuse is not None:
-            reuse.finish(group)
+            on_layer(name, stats[name])
+        reuse.finish(group)
         del hessian
     return sketches, stats
 
 
 def accumulate_hessian(block, group: dict[str, nn.Module], inputs, kwargs, device,
-                       reuse: FinishedOutputs | None = None) -> HessianAccumulator:
+                       reuse: FinishedOutputs) -> HessianAccumulator:
     """The input Hessian of one sub-group over all (local) calibration inputs. Its linears read the very
     same input (that is what makes them a group), so one accumulator serves them all. The forward stops
     at the group's first linear: nothing after it is computed."""
