@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from .kmeans import _BYTES_PER_ELEMENT as _KMEANS_BYTES_PER_ELEMENT
+from .kmeans import _BYTES_PER_ELEMENT as _KMEANS_BYTES_PER_ELEMENT, _CHUNK_BYTES as _KMEANS_CHUNK_BYTES
 from .refit import _CHUNK_BYTES as _REFIT_CHUNK_BYTES
 from .settings import CompressSettings
 from .sketcher import refit_product
@@ -26,7 +26,6 @@ LAYER_PHASES = ("prepare", "kmeans", "codes", "refit", "objective", "error")
 # Lloyd iterations per (row, group) problem until the tolerance stops it: 13-15 on the embedded model's
 # layers at 4 bits, 18-42 on Gaussian rows (benchmarks/cost_model.md); the default ceiling (100) is rarely reached.
 ASSUMED_KMEANS_ITERATIONS = 20
-_KMEANS_CHUNK_BYTES = 512 * 2 ** 20  # what the sketcher leaves weighted_kmeans_1d's max_chunk_bytes at
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 # bytes of working memory per element of a chunk: sorted values and weights, three float64 prefix sums,
 # transient sort indices
 _BYTES_PER_ELEMENT = 48
+_CHUNK_BYTES = 512 * 2 ** 20  # max_chunk_bytes's default
 
 
 @dataclass
@@ -43,7 +44,7 @@ def weighted_kmeans_1d(
     local_trials: int | None = None,
     tol: float = 1e-4,
     track_objective: bool = False,
-    max_chunk_bytes: int = 512 * 2**20,
+    max_chunk_bytes: int = _CHUNK_BYTES,
     restarts: int = 1,
 ) -> KMeansResult:
     """Fits ``k`` centroids to each problem along the last dim of ``x [..., n]``.
