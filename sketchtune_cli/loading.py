@@ -118,10 +118,11 @@ def read_adapter_config(directory: str | Path) -> dict:
     return config
 
 
-def base_sketch_of(adapter_dir: str | Path, base_path: Artifact | None = None) -> Manifest:
-    """The adapter's base sketch (at its recorded path unless ``base_path`` is given), verified by hash."""
-    config = read_adapter_config(adapter_dir)
-    return resolve_ref(config["base_sketch"], adapter_dir, what="base sketch", stage="sketch", override=base_path)
+def base_sketch_of(adapter_dir: str | Path, base_path: Artifact | None = None, verify: bool = True) -> Manifest:
+    """The adapter's base sketch (at its recorded path unless ``base_path`` is given), checked by content
+    hash; its files are hashed too unless ``verify`` is False (a preflight)."""
+    return resolve_ref(read_adapter_config(adapter_dir)["base_sketch"], adapter_dir, what="base sketch",
+                       stage="sketch", override=base_path, verify=verify)
 
 
 def check_base_hash(adapter_dir, config: dict, content_hash: str) -> None:

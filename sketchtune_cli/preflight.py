@@ -129,10 +129,9 @@ def artifact_problems(path: str | Path, stage, base: str | Path | None = None) -
             resolve_ref(manifest.parent or {}, manifest.path, what="base sketch", stage="sketch", override=base,
                         verify=False)
         elif manifest.stage == "export" and (Path(path) / "adapter_config.json").is_file():
-            from .loading import read_adapter_config
+            from .loading import base_sketch_of
 
-            resolve_ref(read_adapter_config(path)["base_sketch"], path, what="base sketch", stage="sketch",
-                        override=base, verify=False)
+            base_sketch_of(path, base, verify=False)
     except (UserError, KeyError) as e:
         return [str(e) if isinstance(e, UserError) else f"{path}: its manifest names no parent"]
     return []
