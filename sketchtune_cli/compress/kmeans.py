@@ -249,10 +249,12 @@ def _quantile_init(xs, k):
     return xs[:, pos]
 
 
-def _sample_by_prefix(prefix_w, u):
-    """Index of the sample where the cumulative weight first exceeds ``u`` ([B, m])."""
-    n = prefix_w.shape[1] - 1
-    return torch.searchsorted(prefix_w[:, 1:].contiguous(), u.contiguous(), right=True).clamp(max=n - 1)
+def _sample_by_weight(sums, m, gen):
+    """``m`` sample indices per problem drawn with probability ~ w: where the cumulative weight first exceeds
+    a uniform draw."""
+    B, n = sums.xs.shape
+    u = torch.rand(B, m, generator=gen, device=sums.xs.device, dtype=torch.float64) * sums.w[:, -1:]
+    return torch.searchsorted(sums.w[:, 1:].contiguous(), u.contiguous(), right=True).clamp(max=n - 1)
 
 
 def _cluster_bounds(xs, c):
@@ -288,9 +290,7 @@ def _sample_by_potential(sums, c, trials, gen):
     # problems with zero potential (every sample already a centroid): draw by weight instead
     flat = (total <= 0).expand_as(idx)
     if bool(flat.any()):
-        by_weight = _sample_by_prefix(sums.w, torch.rand(B, trials, generator=gen, device=xs.device,
-                                                         dtype=torch.float64) * sums.w[:, -1:])
-        idx = torch.where(flat, by_weight, idx)
+        idx = torch.where(flat, _sample_by_weight(sums, trials, gen), idx)
     return xs.gather(1, idx)
 
 
@@ -319,9 +319,7 @@ def _gain(sums, c, y):
 def _kmeans_pp(sums, k, gen, local_trials):
     """Weighted k-means++ (greedy with ``local_trials`` candidates per step), on prefix sums only."""
     xs = sums.xs
-    B = xs.shape[0]
-    u = torch.rand(B, 1, generator=gen, device=xs.device, dtype=torch.float64) * sums.w[:, -1:]
-    c = xs.gather(1, _sample_by_prefix(sums.w, u))
+    c = xs.gather(1, _sample_by_weight(sums, 1, gen))
     for _ in range(1, k):
         cand = _sample_by_potential(sums, c, local_trials, gen)
         if local_trials > 1:
