@@ -60,6 +60,11 @@ def _file_hashes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     return out
 
 
+def dir_bytes(directory: Path) -> int:
+    """Bytes of every file under ``directory``, lock and manifest included (0 when there is none)."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+
+
 def content_hash(files: dict[str, str]) -> str:
     """Hash of an artifact's content: the sha256 of its sorted ``path:sha256`` lines."""
     lines = "".join(f"{k}:{v}\n" for k, v in sorted(files.items()))

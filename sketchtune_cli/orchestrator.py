@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import preflight, stages
-from .artifacts import Manifest, ensure_verified, is_artifact, partial_dir, read_manifest
+from .artifacts import Manifest, dir_bytes, ensure_verified, is_artifact, partial_dir, read_manifest
 from .config import RunConfig
 from .errors import PreflightError, UserError
 
@@ -231,7 +231,6 @@ def summary_rows(reports: list[StageReport]) -> list[tuple[str, str, str, str, s
 
     rows = []
     for rep in reports:
-        size = sum(p.stat().st_size for p in rep.path.rglob("*") if p.is_file()) if rep.path.exists() else 0
         detail = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rep.headline.items())
-        rows.append((rep.stage, rep.status, str(rep.path), human_bytes(size), f"{rep.seconds:.0f}s", detail))
+        rows.append((rep.stage, rep.status, str(rep.path), human_bytes(dir_bytes(rep.path)), f"{rep.seconds:.0f}s", detail))
     return rows

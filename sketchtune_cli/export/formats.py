@@ -71,7 +71,3 @@ def model_sizes(model: nn.Module) -> dict:
         "code_bytes": code_bytes,
         "unsketched_params": other_params,
     }
-
-
-def dir_bytes(directory: Path) -> int:
-    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import Manifest, check_output, is_artifact, lineage, read_manifest, write_artifact
+from ..artifacts import Manifest, check_output, dir_bytes, is_artifact, lineage, read_manifest, write_artifact
 from ..errors import UserError
 from ..models import torch_dtype
 from ..loading import Artifact, artifact, finetune_base, load_with_luts, lut_file_of
@@ -45,7 +45,7 @@ def export_artifact(source: Artifact, out: str | Path, settings: ExportSettings,
             formats.write_hf_sketch(model, tokenizer, writer.path, dtype, base_qcfg, settings.max_shard_size)
         else:
             formats.write_lut_only(model, writer.path, dtype, base, base_qcfg)
-        results["sizes"]["export_bytes"] = formats.dir_bytes(writer.path)
+        results["sizes"]["export_bytes"] = dir_bytes(writer.path)
         results["eval"] = {str(m.path): m.results for m in evals}
         card = model_card.render(settings.format, out.resolve(), results, lineage(manifest), evals)
         (writer.path / "README.md").write_text(card)
