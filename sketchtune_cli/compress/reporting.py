@@ -18,16 +18,12 @@ log = logging.getLogger(__name__)
 PLOT_NAME = "layer_errors.png"
 
 
-def stderr_console() -> Console:
-    return Console(stderr=True)
-
-
 class LayerProgress:
     """A rich progress bar over all target layers on a terminal; one log line per block otherwise (batch
     jobs, CI logs). ``update`` / ``block_done`` are the pipeline's ``on_layer`` / ``on_block`` callbacks."""
 
     def __init__(self, total_layers: int, done: int = 0, enabled: bool = True):
-        console = stderr_console()
+        console = Console(stderr=True)
         self.enabled = enabled
         self.interactive = enabled and console.is_terminal
         self.start = time.perf_counter()
@@ -100,7 +96,7 @@ def print_summary(summary: dict, wall_seconds: float, console: Console | None = 
     if summary["mean_rel_error"] is not None:
         table.add_row("all", str(summary["layers"]), f"{summary['mean_rel_error']:.3e}",
                       f"{summary['max_rel_error']:.3e}", style="bold")
-    (console or stderr_console()).print(table)
+    (console or Console(stderr=True)).print(table)
 
 
 def plot_errors(layers: dict[str, dict], path: Path) -> Path:
