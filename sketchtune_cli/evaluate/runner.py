@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunOptions:
+    """lm-eval's options for a caller without a config; the stage passes its ``eval:`` section (same names)."""
+
     limit: int | None = None
     num_fewshot: int | None = None
     batch_size: int = 8

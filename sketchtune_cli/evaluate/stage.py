@@ -40,12 +40,6 @@ def data_dir_of(cfg: StageConfig) -> str | None:
     return cfg.eval.data_dir or os.environ.get("SKETCHTUNE_DATA") or None
 
 
-def _options(cfg: StageConfig) -> runner.RunOptions:
-    e = cfg.eval
-    return runner.RunOptions(limit=e.limit, num_fewshot=e.num_fewshot, batch_size=e.batch_size,
-                             chat_template=e.chat_template, log_samples=e.log_samples)
-
-
 def evaluate_one(spec: str | Manifest, tasks: list[str], task_manager, cfg: StageConfig,
                  base: str | Manifest | None = None) -> Evaluated:
     """Build one model (sketch, fine-tune, export or plain model) and run lm-eval on it."""
@@ -55,7 +49,7 @@ def evaluate_one(spec: str | Manifest, tasks: list[str], task_manager, cfg: Stag
     loaded = load_any(spec, device=runner.eval_device(), dtype=dtype, base=base)
     log.info("evaluating %s (%s) on %s", loaded.label, loaded.kind, ", ".join(tasks))
     lm = runner.make_lm(loaded.model, loaded.tokenizer, cfg.eval.batch_size)
-    results = runner.run_lm_eval(lm, tasks, task_manager, _options(cfg))
+    results = runner.run_lm_eval(lm, tasks, task_manager, cfg.eval)
     out = Evaluated(loaded.label, loaded.kind, loaded.manifest, results)
     del lm, loaded
     _free_memory()
