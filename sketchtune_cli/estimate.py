@@ -86,6 +86,11 @@ def block_working_set_bytes(config, tokens: int) -> int:
     return tokens * (6 * config.hidden_size + 3 * inter) * 2
 
 
+def _with_total(parts: dict) -> dict:
+    """A memory estimate's components, then their sum under ``total`` (what :func:`memory_rows` shows)."""
+    return parts | {"total": sum(parts.values())}
+
+
 def memory_rows(title: str, parts: dict) -> list[tuple[str, str]]:
     """(what, value) table rows: a memory estimate's total under ``title``, then each component indented."""
     return [(title, human_bytes(parts["total"]))] + [(f"  {part}", human_bytes(n)) for part, n in parts.items()
@@ -102,14 +107,12 @@ def training_memory_bytes(est: SketchEstimate, config, micro_batch: int, seq_len
     layers, tokens = config.num_hidden_layers, micro_batch * seq_len
     block_working = block_working_set_bytes(config, tokens)
     saved = tokens * config.hidden_size * 2 * layers if checkpointing else block_working * layers
-    parts = {
+    return _with_total({
         "base_model": est.base_model_bytes,
         "lut_grads_and_adam": est.trainable_params * 4 * 3,
         "activations": saved + (block_working if checkpointing else 0),
         "logits": tokens * config.vocab_size * 4 * 2,
-    }
-    parts["total"] = sum(parts.values())
-    return parts
+    })
 
 
 # Bytes per (target token, vocabulary entry) that the distillation's KL holds at its peak: the teacher's
@@ -128,25 +131,21 @@ def distill_memory_bytes(est: SketchEstimate, config, micro_batch: int, seq_len:
     the KL's logits at every calibration position."""
     train = training_memory_bytes(est, config, micro_batch, seq_len, checkpointing)
     online = teacher == "online"
-    parts = {
+    return _with_total({
         "teacher": est.dense_model_bytes if online else 0,
         "student": est.code_bytes + est.trainable_params * 4 + est.dense_bytes,
         "lut_grads_and_adam": train["lut_grads_and_adam"],
         "activations": train["activations"] + (block_working_set_bytes(config, micro_batch * seq_len) if online else 0),
         "logits": micro_batch * seq_len * config.vocab_size * DISTILL_LOGIT_BYTES,
-    }
-    parts["total"] = sum(parts.values())
-    return parts
+    })
 
 
 def teacher_pass_bytes(est: SketchEstimate, config, micro_batch: int, seq_len: int) -> dict:
     """Peak memory of the ``topk`` teacher's one pass (before the student trains, alone on the device): the
     teacher, one block's working set, and its fp32 logits with their log-softmax and top-k work (~3 copies)."""
-    parts = {"teacher": est.dense_model_bytes,
-             "activations": block_working_set_bytes(config, micro_batch * seq_len),
-             "logits": micro_batch * seq_len * config.vocab_size * 4 * 3}
-    parts["total"] = sum(parts.values())
-    return parts
+    return _with_total({"teacher": est.dense_model_bytes,
+                        "activations": block_working_set_bytes(config, micro_batch * seq_len),
+                        "logits": micro_batch * seq_len * config.vocab_size * 4 * 3})
 
 
 def distill_memory_plan(est: SketchEstimate, config, micro_batch: int, seq_len: int, checkpointing: bool,
