@@ -134,16 +134,16 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 # ---- save / load ---------------------------------------------------------------------------------------
 
-def save_checkpoint(root: Path, step: int, luts: dict[str, torch.Tensor], optimizer, scheduler, state: dict) -> Path:
+def save_checkpoint(root: Path, step: int, luts: dict[str, torch.Tensor], opt_state: dict, scheduler, state: dict) -> Path:
     """Write checkpoint ``step`` under ``root/checkpoints`` and point ``latest.json`` at it. ``luts`` are full
-    tensors; ``optimizer`` is an optimizer or its full state dict (:func:`full_optimizer_state`)."""
+    tensors, ``opt_state`` the optimizer's full state dict (:func:`full_optimizer_state`)."""
     ck_root = Path(root) / CKPT_DIR
     final = ck_root / f"step-{step:07d}"
     tmp = ck_root / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in luts.items()}, tmp / "luts.safetensors")
-    opt_t, opt_meta = optimizer_tensors(optimizer if isinstance(optimizer, dict) else optimizer.state_dict())
+    opt_t, opt_meta = optimizer_tensors(opt_state)
     save_file(opt_t, tmp / "optimizer.safetensors")
     rng_t, rng_meta = rng_tensors()
     save_file(rng_t, tmp / "rng.safetensors")
