@@ -153,10 +153,13 @@ class ArtifactWriter:
 
 def check_output(out: Path, overwrite: bool, resume: bool = False) -> None:
     """Refuse to clobber: an existing artifact needs --overwrite; an interrupted run needs --resume or
-    removal. A run that is writing ``out`` right now is reported as such (never as interrupted)."""
+    removal. A run that is writing ``out`` right now is reported as such (never as interrupted), an ``out``
+    that could not be created (:func:`writable_problem`) before any work."""
     if partial_dir(out).exists():
         output_lock.refuse_if_held(partial_dir(out), out)
-    check_writable(out)
+    problem = writable_problem(out)
+    if problem:
+        raise UserError(problem)
     if out.exists() and not overwrite:
         raise UserError(f"output {out} exists; pass --overwrite to replace it or choose another -o")
     part = partial_dir(out)
@@ -191,13 +194,6 @@ def existing_ancestor(path: Path) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
-
-
-def check_writable(out: Path) -> None:
-    """Fail before any work when ``out`` could not be created (:func:`writable_problem`)."""
-    problem = writable_problem(out)
-    if problem:
-        raise UserError(problem)
 
 
 @contextlib.contextmanager
