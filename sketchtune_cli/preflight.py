@@ -73,11 +73,6 @@ def writable_problems(out: Path) -> list[str]:
     return [problem] if problem else []
 
 
-def output_problems(out: Path, overwrite: bool, resume: bool = False) -> list[str]:
-    """A stage command's output: not clobbering (``artifacts.check_output``'s rules)."""
-    return problem_of(check_output, Path(out), overwrite, resume)
-
-
 def free_bytes(path: Path) -> int:
     """Free space on the file system that holds ``path`` (or would, once created)."""
     return shutil.disk_usage(existing_ancestor(Path(path))).free
@@ -177,8 +172,8 @@ def _collect(checks: list[tuple], cfg) -> tuple[list[dict], list[str]]:
         if job.pending and job.planned_sketch is None and planned_sketch is not None:
             job = dataclasses.replace(job, planned_sketch=planned_sketch)
         problems += stage.check(cfg, job) + writable_problems(job.out)
-        if job.check_output:
-            problems += output_problems(job.out, job.overwrite, job.resume)
+        if job.check_output:  # a stage command's output: not clobbering
+            problems += problem_of(check_output, Path(job.out), job.overwrite, job.resume)
         try:
             plan = stage.plan(cfg, job)
         except UserError:
