@@ -198,23 +198,19 @@ def distill_plan_rows(plan: dict) -> list[tuple[str, str]]:
     return rows
 
 
-# Devices `run --dry-run` and `inspect --estimate` predict compress time for: this machine (probed) and the
-# named GPUs of compress.device_rates (spec sheets x assumed efficiencies).
-TIME_DEVICES = ("this", "a100", "h100", "h200")
-
-
-def compress_time_estimates(config, settings, devices=TIME_DEVICES) -> dict:
-    """Predicted compress seconds (per phase and ``total``) per device for a model ``config`` and
-    ``compress`` settings, from compress.cost_model; ``{}`` for a model whose blocks are not Llama-style
-    (no intermediate_size / attention head counts to count from)."""
+def compress_time_estimates(config, settings) -> dict:
+    """Predicted compress seconds (per phase and ``total``) for a model ``config`` and ``compress`` settings,
+    from compress.cost_model, on this machine (probed) and each named GPU of compress.device_rates (spec sheets
+    x assumed efficiencies): what `run --dry-run` and `inspect --estimate` show. ``{}`` for a model whose
+    blocks are not Llama-style (no intermediate_size / attention head counts to count from)."""
     from .compress.cost_model import predict_compress
-    from .compress.device_rates import named_rates
+    from .compress.device_rates import GPUS, named_rates
 
     if not all(hasattr(config, a) for a in ("hidden_size", "intermediate_size", "num_attention_heads",
                                              "num_hidden_layers")):
         return {}
     out = {}
-    for name in devices:
+    for name in ("this", *GPUS):
         rates = named_rates(name)
         out[name] = {"device": rates.name, "source": rates.source,
                      "seconds": {k: round(v, 1) for k, v in predict_compress(config, settings, rates).items()}}
