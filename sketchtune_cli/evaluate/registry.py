@@ -179,13 +179,10 @@ def _harness_problems(harness: list[str]) -> list[str]:
     """lm-eval's own task names it does not know (its datasets are not loaded here)."""
     import tempfile
 
-    from .runner import make_task_manager
+    from .runner import make_task_manager, unknown_tasks
 
     with tempfile.TemporaryDirectory(prefix="sketchtune-tasks-") as tmp:
-        known = make_task_manager(tmp, harness).all_tasks
-    return [f"unknown task {name!r}: neither a bundled paper-protocol task (st_*, math, commonsense; see "
-            "`sketchtune eval --help`) nor an lm-eval task (`lm-eval ls tasks` lists those)"
-            for name in harness if name not in known]
+        return unknown_tasks(make_task_manager(tmp, harness), harness)
 
 
 def check_test_records(name: str, path: Path) -> None:

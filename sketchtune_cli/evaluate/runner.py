@@ -87,14 +87,19 @@ def make_task_manager(include_dir, harness: list[str]):
     return TaskManager(include_path=str(include_dir), include_defaults=bool(harness))
 
 
+def unknown_tasks(task_manager, harness: list[str]) -> list[str]:
+    """One line for each name in ``harness`` that ``task_manager`` does not know."""
+    known = task_manager.all_tasks
+    return [f"unknown task {name!r}: neither a bundled paper-protocol task (st_*, math, commonsense; see "
+            "`sketchtune eval --help`) nor an lm-eval task (`lm-eval ls tasks` lists those)"
+            for name in harness if name not in known]
+
+
 def check_harness_tasks(task_manager, harness: list[str]) -> None:
     """Fail before any model is loaded: unknown names, or lm-eval datasets that cannot be loaded (offline)."""
-    for name in harness:
-        if name not in task_manager.all_tasks:
-            raise UserError(
-                f"unknown task {name!r}: neither a bundled paper-protocol task (st_*, math, commonsense; see "
-                "`sketchtune eval --help`) nor an lm-eval task (`lm-eval ls tasks` lists those)"
-            )
+    unknown = unknown_tasks(task_manager, harness)
+    if unknown:
+        raise UserError(unknown[0])
     if not harness:
         return
     try:
