@@ -11,8 +11,8 @@ import contextlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -134,13 +134,6 @@ def _save(model, tokenizer, result, settings, calib, directory, sketched: bool =
                 seq_len=int(calib.input_ids.shape[1]), seed=settings.seed)
 
 
-@dataclass
-class _Follower:
-    """What ranks other than 0 see of the artifact writer: the shared ``.partial`` path."""
-
-    path: Path
-
-
 @contextlib.contextmanager
 def _artifact(out: Path, config: dict, overwrite: bool, resume: bool, dist):
     if dist.is_main:
@@ -148,4 +141,4 @@ def _artifact(out: Path, config: dict, overwrite: bool, resume: bool, dist):
                             keep_partial_on_error=True) as writer:
             yield writer
     else:
-        yield _Follower(partial_dir(out))
+        yield SimpleNamespace(path=partial_dir(out))  # what other ranks see of the writer: the shared .partial path
