@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from . import stages as stage_api
 from .config import RunConfig, dump_yaml, load_config
 from .errors import PreflightError, UserError
 from .orchestrator import STAGES, preflight_stages, run_stages, select_stages, summary_rows
@@ -32,8 +33,6 @@ Examples:
 def dry_run_report(cfg: RunConfig, stages: list[str] | None = None, overwrite: bool = False) -> tuple[dict, list[str]]:
     """What the run will do and need, and every problem it would hit: the same preflight `run` does (no
     weights loaded). The numbers come from each stage's plan; all stages are planned, skipped ones too."""
-    from . import stages as stage_api
-
     names = list(stages or STAGES)
     steps, plans, problems = preflight_stages(cfg, names, overwrite)
     for name in STAGES:  # in order: the compress plan's sketch sizes the later stages' artifacts
@@ -68,8 +67,6 @@ def dry_run_report(cfg: RunConfig, stages: list[str] | None = None, overwrite: b
 def _estimates(cfg: RunConfig) -> dict:
     """Each stage's dry-run-only predictions (``Stage.estimate``); a stage whose model cannot be read has
     none (the problem is already in the report)."""
-    from . import stages as stage_api
-
     out = {}
     for name in STAGES:
         stage = stage_api.get(name)
