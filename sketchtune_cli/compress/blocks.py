@@ -6,7 +6,7 @@ or, with ``offload``, on the CPU and move in one sample at a time.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Callable, Iterable
 
 import torch
@@ -89,10 +89,8 @@ def capture_block_inputs(
         b.forward = _passthrough
     try:
         for ids in calib_ids:
-            try:
+            with suppress(StopForward):
                 model(input_ids=ids.unsqueeze(0).to(device), use_cache=False)
-            except StopForward:
-                pass
     finally:
         for h in handles:
             h.remove()
@@ -136,10 +134,8 @@ def feed_until(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, devic
     for i, x in enumerate(inputs):
         if reuse is not None:
             reuse.begin(i)
-        try:
+        with suppress(StopForward):
             block(x.to(device), **kwargs)
-        except StopForward:
-            pass
 
 
 class FinishedOutputs:
