@@ -95,10 +95,6 @@ class SketchedLinear(nn.Module):
         # (unpacking on every call was ~40% of a CPU training step). 4 bytes per weight.
         self._index_cache: tuple[tuple, torch.Tensor] | None = None
 
-    @property
-    def group_size(self) -> int:
-        return self.in_features // self.groups_per_row
-
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
