@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import processes
-from ..artifacts import Manifest, check_output, write_artifact
+from ..artifacts import Manifest, check_output, sha256_file, write_artifact
 from ..stages import StageConfig
 from . import registry, report, runner, taskgen
 
@@ -96,8 +96,6 @@ def log_scores(cfg: StageConfig, out: Path, outcome: EvalOutcome) -> None:
 
 def data_files(paper: list[str], data_dir: str | None) -> dict[str, dict[str, str]]:
     """Which test file each paper task read, with its sha256 (the files live outside the artifact)."""
-    from ..artifacts import sha256_file
-
     files = {name: registry.PAPER_TASKS[name].data_file(data_dir).resolve() for name in paper}
     return {name: {"path": str(p), "sha256": sha256_file(p)} for name, p in files.items()}
 
