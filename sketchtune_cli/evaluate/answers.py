@@ -27,12 +27,7 @@ ALL_LABEL_WORDS = (
 def extract_number(text: str) -> float | None:
     """The last number in ``text`` after stripping commas (``"1,234.5"`` -> 1234.5); None if there is none."""
     found = _NUMBER.findall(text.replace(",", ""))
-    if not found:
-        return None
-    try:
-        return float(found[-1])
-    except ValueError:  # defensive: the pattern only matches float syntax
-        return None
+    return float(found[-1]) if found else None  # the pattern only matches what float() reads
 
 
 def to_number(answer) -> float | None:
