@@ -35,8 +35,7 @@ def aqua_results(doc: dict, results) -> dict:
 
 
 def choice_results(doc: dict, results) -> dict:
-    labels = answers.label_words(doc.get("instruction", ""))
-    return {"acc": float(answers.label_correct(_response(results), doc["answer"], labels))}
+    return {"acc": float(answers.label_correct(_response(results), doc["answer"], label_choices(doc)))}
 
 
 def label_choices(doc: dict) -> list[str]:
