@@ -45,7 +45,7 @@ def export_command(
     cfg = load_config(config, overrides, values={"export.format": fmt, "export.dtype": dtype})
     preflight.require([(STAGE, Job(output, overwrite=overwrite, inputs=(str(artifact),), base=base))], cfg)
     manifest = export_artifact(artifact, output, cfg.export, overwrite=overwrite, eval_artifacts=evals or [],
-                               config=cfg.section_dict("export"), base=base)
+                               base=base)
     typer.echo(str(manifest.path))
 
 

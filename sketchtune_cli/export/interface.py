@@ -64,7 +64,7 @@ def run(cfg, job, parent):
     eval_dir = Path(cfg.output_dir) / "eval"
     evals = [job.known_at(eval_dir) or eval_dir] if is_artifact(eval_dir) else []
     return export_artifact(parent, job.out, cfg.export, overwrite=job.overwrite, eval_artifacts=evals,
-                           config=cfg.section_dict("export"), base=job.base_hint()).path
+                           base=job.base_hint()).path
 
 
 def headline(manifest) -> dict:

@@ -20,8 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def export_artifact(source: Artifact, out: str | Path, settings: ExportSettings, overwrite: bool = False,
-                    eval_artifacts: list[Artifact] = (), config: dict | None = None,
-                    base: Artifact | None = None) -> Manifest:
+                    eval_artifacts: list[Artifact] = (), base: Artifact | None = None) -> Manifest:
     """Write ``settings.format`` of ``source`` (sketch or fine-tune artifact, or its manifest) to ``out``;
     ``base`` re-points a fine-tune at a base sketch that moved on its own (or is its manifest, already read)."""
     out = Path(out)
@@ -35,7 +34,7 @@ def export_artifact(source: Artifact, out: str | Path, settings: ExportSettings,
         log.warning("%s has no tokenizer; the export will have none either", base.path)
     _, base_qcfg = read_sketch_config(base.path)
     results = _results(settings, model, manifest, base, base_qcfg)
-    config = config or {"export": settings.model_dump(mode="json")}
+    config = {"export": settings.model_dump(mode="json")}
     dtype = torch_dtype(settings.dtype)
     log.info("exporting %s as %s (%s) to %s", manifest.path, settings.format, settings.dtype, out)
     with write_artifact(out, "export", config, parent=manifest, overwrite=overwrite) as writer:
