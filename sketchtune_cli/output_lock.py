@@ -96,14 +96,19 @@ def read_holder(partial: Path) -> Holder | None:
 def refuse_if_held(partial: Path, out: Path) -> bool:
     """Raise OutputLocked when a live run (or one on another host) holds ``out``'s lock. Returns True when a
     stale lock (a dead holder on this host) is present, False when there is none or it is this job's."""
+    return _stale_holder(partial, out) is not None
+
+
+def _stale_holder(partial: Path, out: Path) -> Holder | None:
+    """:func:`refuse_if_held`, returning the stale holder it judged (None: no lock, or this job's)."""
     holder = read_holder(partial)
     if holder is None:
-        return False
+        return None
     alive = holder.alive()
     if alive is False:  # dead on this host: stale, even if it was a rank of a launch like ours
-        return True
+        return holder
     if holder.job is not None and holder.job == _job_id():
-        return False  # our own launch's main process holds it (other ranks check too)
+        return None  # our own launch's main process holds it (other ranks check too)
     if alive:
         raise OutputLocked(f"output {out} is being written by a running sketchtune, {holder.describe()}; wait "
                            f"for it to finish or choose another -o")
@@ -119,11 +124,13 @@ def acquire(partial: Path, out: Path, take_stale: bool) -> Holder:
     for _ in range(3):
         if _create(path, me):
             return me
-        if refuse_if_held(partial, out):
+        stale = _stale_holder(partial, out)
+        if stale is not None:
             if not take_stale:
                 raise OutputLocked(f"an interrupted run left {partial}; pass --resume to continue it or delete that "
                                 f"directory")
-            _remove_stale(path, read_holder(partial))
+            # Only the lock judged stale may go: a run that took it over since then keeps it.
+            _remove_stale(path, stale)
     raise OutputLocked(f"could not take the lock {path}: other runs keep taking it; retry when they are done")
 
 

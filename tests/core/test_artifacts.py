@@ -160,6 +160,28 @@ def test_stale_lock_needs_resume_and_is_taken_over(tmp_path):
     read_manifest(out)
 
 
+def test_a_stale_lock_replaced_while_judged_is_left_to_its_new_holder(tmp_path, monkeypatch):
+    """Two --resume runs race for a dead run's lock: the one that loses must not delete the winner's lock
+    (it removes only the holder it judged dead, not whatever the file holds by then)."""
+    from sketchtune_cli.output_lock import Holder, OutputLocked, acquire, read_holder
+
+    partial = partial_dir(tmp_path / "a")
+    _fake_lock(partial)  # a dead holder
+    winner = {"pid": os.getpid(), "process_start": None, "started": "2026-01-02T00:00:00+00:00"}
+    judge = Holder.alive
+
+    def alive_then_overtaken(holder):
+        verdict = judge(holder)
+        if holder.pid == 1:  # while this run judges the dead holder, the other run takes the lock over
+            (partial / "lock").write_text(json.dumps(json.loads((partial / "lock").read_text()) | winner))
+        return verdict
+
+    monkeypatch.setattr(Holder, "alive", alive_then_overtaken)
+    with pytest.raises(OutputLocked, match=f"being written by a running sketchtune, pid {os.getpid()}"):
+        acquire(partial, tmp_path / "a", take_stale=True)
+    assert read_holder(partial).started == winner["started"]
+
+
 def test_lock_from_another_host_is_reported_by_name(tmp_path):
     out = tmp_path / "a"
     _fake_lock(partial_dir(out), host="gpu-node-17", pid=4242)
