@@ -42,7 +42,7 @@ def _sketch_of(job) -> str | None:
             return str(manifest.path)
         from ..loading import parent_of
 
-        return str(parent_of(manifest, "sketch", job.base).path) if manifest.parent else None
+        return str(parent_of(manifest, "sketch", job.base, verify=False).path) if manifest.parent else None
     except UserError:
         return None
 

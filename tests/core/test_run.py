@@ -150,3 +150,11 @@ def test_each_artifact_file_is_hashed_once_per_run(capsys, tiny_run_config, tmp_
     assert code == 0, err
     assert [r["status"] for r in json.loads(stdout)] == ["skipped"] * 4
     assert dict(counts) == dict.fromkeys(files, 1)  # each artifact verified once, though each is also a parent
+
+    # A stage on its own too: exporting the fine-tune reads it and its base sketch, each once (the preflight
+    # that sizes the export finds the base without hashing it).
+    counts.clear()
+    code, _, err = run_cli(capsys, "export", out / "finetune", "--format", "lut-only", "-o", tmp_path / "lut")
+    assert code == 0, err
+    read = {f for f in files if f[0] in ("compress", "finetune")}
+    assert dict(counts) == dict.fromkeys(read, 1)
