@@ -211,7 +211,7 @@ def hf_texts(source: str, seed: int, char_budget: int) -> list[str]:
     except Exception as e:  # offline, unknown name, gated...: all one-line user errors
         raise UserError(
             f"could not load calibration dataset {source!r} ({describe(e, 160)}); "
-            f"check the name or use --calib builtin or a local .txt/.json/.jsonl file"
+            f"check the name or use --calib builtin or a local .txt/.json/.jsonl file or URL"
         ) from None
     if "text" not in ds.column_names:
         raise UserError(f"calibration dataset {source!r} has no `text` column (columns: {', '.join(ds.column_names)})")
