@@ -166,10 +166,7 @@ def task_problems(tasks: list[str], data_dir: str | None) -> list[str]:
         problems += _harness_problems([n for n in sel.harness if n not in ours])
     for name in sel.paper:
         try:
-            if data_dir is not None:
-                check_data([name], data_dir)
-            else:
-                fetch_test_file(name)
+            resolve_data_dir([name], data_dir)
         except UserError as e:
             problems.append(str(e))
     return problems
