@@ -162,11 +162,6 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     model.enable_input_require_grads()
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross entropy over response tokens (fp32), from the logits of every position."""
-    return aligned_loss_sum(logits[:, :-1], labels[:, 1:])
-
-
 def aligned_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed cross entropy of ``logits [B, K, V]`` against ``targets [B, K]`` (IGNORE carries no loss), fp32."""
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,

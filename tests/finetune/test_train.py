@@ -17,7 +17,7 @@ from sketchtune_cli.config import load_config
 from sketchtune_cli.finetune.data import build_datasets
 from sketchtune_cli.training.batches import collate
 from sketchtune_cli.training.trainer import (
-    Trainer, aligned_loss_sum, enable_gradient_checkpointing, forward_targets, make_accelerator, token_loss_sum,
+    Trainer, aligned_loss_sum, enable_gradient_checkpointing, forward_targets, make_accelerator,
     trainable_luts,
 )
 from sketchtune_cli.loading import LUT_ADAPTER, apply_lut_file, load_any, load_sketch_artifact
@@ -98,6 +98,12 @@ def test_trained_luts_reload_to_identical_logits(tiny_base, tmp_path):
         apply_lut_file(fresh, tmp_path / LUT_ADAPTER)
         got = fresh(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.equal(got, ref)
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The reference loss: summed next-token cross entropy over response tokens (fp32), from the logits of
+    every position (the trainer keeps only the target columns' logits, see forward_targets)."""
+    return aligned_loss_sum(logits[:, :-1], labels[:, 1:])
 
 
 def test_logits_at_target_columns_give_the_full_logits_loss_and_grads(tiny_base):
