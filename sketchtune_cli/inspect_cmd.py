@@ -10,7 +10,7 @@ import typer
 
 from .artifacts import Manifest, lineage, read_manifest, verify_files
 from .errors import UserError, describe
-from .estimate import (compress_time_estimates, distill_memory_plan, distill_plan_rows, estimate_for_spec,
+from .estimate import (compress_time_estimates, distill_memory_plan, distill_plan_rows, estimate_sketch,
                        human_bytes, human_seconds)
 
 EXAMPLES = """
@@ -143,12 +143,12 @@ def inspect(
         if bits not in (2, 3, 4):
             raise UserError(f"--bits must be 2, 3 or 4, got {bits}")
         from .compress.settings import CompressSettings
-        from .models import load_model_config
+        from .models import load_model_config, meta_model
 
-        est = estimate_for_spec(estimate, bits, groups_per_row)
+        model_config = load_model_config(estimate)  # read once: the estimate and the predictions share it
+        est = estimate_sketch(meta_model(model_config), estimate, bits, groups_per_row)
         info = est.to_dict()
         settings = CompressSettings(bits=bits, groups_per_row=groups_per_row, num_samples=num_samples, seq_len=seq_len)
-        model_config = load_model_config(estimate)
         info["compress_time_predicted"] = compress_time_estimates(model_config, settings)
         # compress.distill_steps at its default micro-batch and these calibration sequences
         info["distill_memory"] = distill_memory_plan(est, model_config, settings.distill_micro_batch_size, seq_len,
