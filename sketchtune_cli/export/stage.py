@@ -32,8 +32,8 @@ def export_artifact(source: Artifact, out: str | Path, settings: ExportSettings,
     model, tokenizer = load_with_luts(base, lut_file_of(manifest), "cpu", torch.float32)
     if tokenizer is None:  # tiny test sketches have none; real ones always do
         log.warning("%s has no tokenizer; the export will have none either", base.path)
-    _, base_qcfg = read_sketch_config(base.path)
-    results = _results(settings, model, manifest, base, base_qcfg)
+    base_config, base_qcfg = read_sketch_config(base.path)
+    results = _results(settings, model, manifest, base, base_config, base_qcfg)
     config = {"export": settings.model_dump(mode="json")}
     dtype = torch_dtype(settings.dtype)
     log.info("exporting %s as %s (%s) to %s", manifest.path, settings.format, settings.dtype, out)
@@ -52,14 +52,15 @@ def export_artifact(source: Artifact, out: str | Path, settings: ExportSettings,
     return writer.manifest
 
 
-def _results(settings: ExportSettings, model, manifest: Manifest, base: Manifest, base_qcfg: dict) -> dict:
+def _results(settings: ExportSettings, model, manifest: Manifest, base: Manifest, base_config: dict,
+             base_qcfg: dict) -> dict:
     sizes = formats.model_sizes(model)
     sizes["base_sketch_bytes"] = sum((Path(base.path) / rel).stat().st_size for rel in base.files)
     return {
         "format": settings.format,
         "dtype": settings.dtype,
         "source_stage": manifest.stage,
-        "base_model": base_model_name(base),
+        "base_model": base_model_name(base, base_config),
         "bits": base_qcfg["bits"],
         "groups_per_row": base_qcfg["groups_per_row"],
         "base_sketch": {"path": str(Path(base.path).resolve()), "content_hash": base.content_hash},
@@ -67,13 +68,12 @@ def _results(settings: ExportSettings, model, manifest: Manifest, base: Manifest
     }
 
 
-def base_model_name(sketch: Manifest) -> str:
-    """The model the sketch was compressed from: its recorded config (``model.name``), else config.json's
-    ``_name_or_path``, else 'unknown'."""
+def base_model_name(sketch: Manifest, config: dict) -> str:
+    """The model the sketch was compressed from: its recorded config (``model.name``), else ``config``'s (its
+    config.json, as :func:`read_sketch_config` returns it) ``_name_or_path``, else 'unknown'."""
     model_cfg = sketch.config.get("model") if isinstance(sketch.config, dict) else None
     if isinstance(model_cfg, dict) and model_cfg.get("name"):
         return str(model_cfg["name"])
-    config, _ = read_sketch_config(sketch.path)
     return config.get("_name_or_path") or "unknown"
 
 
