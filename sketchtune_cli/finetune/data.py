@@ -56,10 +56,9 @@ def parse_hub_name(source: str) -> tuple[str, str | None]:
     return name, subset or None
 
 
-def _read_hf_dataset(source: str, split: str) -> list:
+def _read_hf_dataset(source: str, name: str, subset: str | None, split: str) -> list:
     from ..remote import offline
 
-    name, subset = parse_hub_name(source)
     try:
         import datasets
 
@@ -98,7 +97,7 @@ def load_source(source: str, split: str = "train", limit: int | None = None, see
             raise UserError(f"data file {source} does not exist")
         else:
             name, subset = parse_hub_name(source)
-            records, info = _read_hf_dataset(source, split), {"path": source, "hub": name, "subset": subset, "split": split}
+            records, info = _read_hf_dataset(source, name, subset, split), {"path": source, "hub": name, "subset": subset, "split": split}
     if not isinstance(records, list):
         raise UserError(f"{source} must hold a JSON array (or JSONL) of records")
     return Source(records[:limit] if limit else records, info)
