@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 IGNORE = -100  # label of a token that carries no loss (prompt, padding)
 
@@ -31,13 +32,9 @@ class Datasets:
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch; padding gets attention 0 and label -100 (causal attention keeps real tokens'
     logits independent of the padding after them)."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    def padded(rows: list[list[int]], value: int) -> torch.Tensor:
+        return pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True, padding_value=value)
+
+    return {"input_ids": padded([e.input_ids for e in examples], pad_id),
+            "attention_mask": padded([[1] * len(e.input_ids) for e in examples], 0),
+            "labels": padded([e.labels for e in examples], IGNORE)}
