@@ -48,10 +48,7 @@ def scores_of(label: str, results: dict[str, Any]) -> ModelScores:
 
 
 def _rows(models: list[ModelScores]) -> list[str]:
-    rows: list[str] = []
-    for m in models:
-        rows += [t for t in m.scores if t not in rows]
-    return rows
+    return list(dict.fromkeys(t for m in models for t in m.scores))  # every model's tasks, first seen first
 
 
 def _fmt(x: float | None) -> str:
