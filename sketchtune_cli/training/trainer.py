@@ -407,8 +407,7 @@ class Trainer:
         one all-reduce, so every rank checkpoints and stops after the same step (clocks and signals differ)."""
         minutes = self.train_cfg.save_every_minutes
         due = bool(minutes) and time.monotonic() - last_save >= minutes * 60
-        stop, due = preemption.current().agreed(due, device=self.acc.device)
-        return stop, due
+        return tuple(preemption.current().agreed(due, device=self.acc.device))
 
     def _log(self, rec: dict, progress: Progress) -> None:
         self.metrics.add(rec)
