@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from . import __version__
 from .errors import UserError
 from .preemption import EXIT_INTERRUPTED, Interrupted
 
@@ -39,8 +40,6 @@ STAGE_MODULES = [
 
 def _print_version(value: bool) -> None:
     if value:
-        from . import __version__
-
         typer.echo(f"sketchtune {__version__}")
         raise typer.Exit()
 
