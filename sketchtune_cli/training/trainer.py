@@ -186,8 +186,6 @@ def forward_targets(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, 
 
 @dataclass
 class Plan:
-    batch_size: int
-    micro_batch_size: int
     world: int
     accumulation: int
     total_steps: int
@@ -210,7 +208,7 @@ def make_plan(train, n_examples: int, world: int) -> Plan:
     for problem in batch_problems(train, world):
         raise UserError(problem)
     total = optimizer_steps(train, n_examples)
-    return Plan(train.batch_size, train.micro_batch_size, world, train.batch_size // (train.micro_batch_size * world), total)
+    return Plan(world, train.batch_size // (train.micro_batch_size * world), total)
 
 
 def make_optimizer(params: list, train, total_steps: int):
@@ -282,10 +280,10 @@ class Trainer:
 
     # -- one optimizer step --
     def _batches(self, step: int) -> list[dict]:
-        idx = shard(self.order.global_batch(step, self.plan.batch_size), self.acc.process_index, self.plan.world)
+        idx = shard(self.order.global_batch(step, self.train_cfg.batch_size), self.acc.process_index, self.plan.world)
         dev = self.acc.device
         return [{k: v.to(dev) for k, v in collate([self.data.train[i] for i in mb], self.pad_id).items()}
-                for mb in micro_batches(idx, self.plan.micro_batch_size)]
+                for mb in micro_batches(idx, self.train_cfg.micro_batch_size)]
 
     def _global_counts(self, batches: list[dict]) -> torch.Tensor:
         """[response tokens, all real tokens] of the whole effective batch, summed over processes."""
@@ -336,11 +334,11 @@ class Trainer:
             return None
         self.model.eval()
         idx = list(range(self.acc.process_index, len(self.data.val), self.plan.world))
-        batches = micro_batches(idx, self.plan.micro_batch_size)
+        batches = micro_batches(idx, self.train_cfg.micro_batch_size)
         # Every rank runs the same number of forwards: under FSDP each forward gathers parameters and under
         # DDP it broadcasts buffers, collectives a rank with one micro-batch fewer would never join (a
         # hang). The padding forward re-reads example 0 and is not counted.
-        most = -(-len(range(0, len(self.data.val), self.plan.world)) // self.plan.micro_batch_size)
+        most = -(-len(range(0, len(self.data.val), self.plan.world)) // self.train_cfg.micro_batch_size)
         padding = [None] * (most - len(batches)) if self.plan.world > 1 else []
         sums = torch.zeros(2, dtype=torch.float64, device=self.acc.device)
         for mb in batches + padding:
@@ -374,7 +372,7 @@ class Trainer:
         last_save = time.monotonic()
         log.info("training %d LUT tensors (%s params) for %d steps: batch %d = %d micro x %d accum x %d procs",
                  len(self.luts), f"{sum(p.numel() for p in self.luts.values()):,}", plan.total_steps,
-                 plan.batch_size, plan.micro_batch_size, plan.accumulation, plan.world)
+                 cfg.batch_size, cfg.micro_batch_size, plan.accumulation, plan.world)
         for step in range(self.start_step, plan.total_steps):
             t0 = time.perf_counter()
             rec = self.train_step(step)
