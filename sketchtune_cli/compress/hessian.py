@@ -7,8 +7,7 @@ caller drops padding tokens or mixes sequence lengths.
 
 The estimate is kept as a running average, as GPTQ does (``H <- H * n/(n+m) + (2/(n+m)) X^T X``), so its
 magnitude does not grow with the amount of calibration data and float32 stays accurate. For several
-processes, all-reduce ``raw_sum()`` and ``n_samples`` (see ``all_reduce_``) or merge accumulators with
-``merge_``.
+processes, all-reduce ``raw_sum()`` and ``n_samples`` (see ``all_reduce_``).
 """
 from __future__ import annotations
 
@@ -23,14 +22,11 @@ class HessianAccumulator:
         self.hessian = torch.zeros(cols, cols, dtype=torch.float32, device=device)
         self.n_samples = 0
 
-    def add(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Adds a batch of inputs ``x [..., cols]``; ``mask [...]`` (bool) keeps only the selected rows
-        (e.g. to drop padding tokens)."""
+    def add(self, x: torch.Tensor) -> None:
+        """Adds a batch of inputs ``x [..., cols]``."""
         if x.shape[-1] != self.cols:
             raise ValueError(f"inputs have {x.shape[-1]} features, the accumulator expects {self.cols}")
         x = x.detach().reshape(-1, self.cols)
-        if mask is not None:
-            x = x[mask.reshape(-1).to(x.device)]
         m = x.shape[0]
         if m == 0:
             return
@@ -53,15 +49,6 @@ class HessianAccumulator:
             acc.hessian = raw_sum.to(torch.float32) * (2.0 / n_samples)
         acc.n_samples = int(n_samples)
         return acc
-
-    def merge_(self, other: "HessianAccumulator") -> "HessianAccumulator":
-        """Folds another accumulator (e.g. from another shard of the data) into this one."""
-        total = self.n_samples + other.n_samples
-        if other.n_samples == 0:
-            return self
-        self.hessian.mul_(self.n_samples / total).add_(other.hessian.to(self.hessian.device), alpha=other.n_samples / total)
-        self.n_samples = total
-        return self
 
     def all_reduce_(self, group=None) -> "HessianAccumulator":
         """Sums the raw statistics over all processes of ``torch.distributed`` (no-op when not initialised)."""

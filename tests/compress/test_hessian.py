@@ -23,19 +23,8 @@ def test_running_average_matches_full_sum():
     assert acc.hessian.dtype == torch.float32
 
 
-def test_mask_drops_rows():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 5, 8, generator=g)
-    mask = torch.rand(3, 5, generator=g) > 0.5
-    acc = HessianAccumulator(8)
-    acc.add(x, mask=mask)
-    ref, n = _reference([x[mask]])
-    assert acc.n_samples == n
-    torch.testing.assert_close(acc.hessian.double(), ref, rtol=1e-5, atol=1e-6)
-
-
-def test_raw_sum_and_merge_reproduce_one_accumulator():
-    """What a distributed caller does: all-reduce raw sums and counts, or merge shards."""
+def test_raw_sums_reproduce_one_accumulator():
+    """What a distributed caller does: all-reduce raw sums and counts."""
     g = torch.Generator().manual_seed(2)
     a_batches = [torch.randn(10, 12, generator=g)]
     b_batches = [torch.randn(25, 12, generator=g), torch.randn(4, 12, generator=g)]
@@ -49,10 +38,9 @@ def test_raw_sum_and_merge_reproduce_one_accumulator():
     reduced = HessianAccumulator.from_sum(a.raw_sum() + b.raw_sum(), a.n_samples + b.n_samples)
     torch.testing.assert_close(reduced.hessian, whole.hessian, rtol=1e-5, atol=1e-6)
     assert reduced.n_samples == whole.n_samples
-    a.merge_(b)
-    torch.testing.assert_close(a.hessian, whole.hessian, rtol=1e-5, atol=1e-6)
+    before = a.hessian.clone()
     a.all_reduce_()  # not initialised: a no-op
-    assert a.n_samples == whole.n_samples
+    assert torch.equal(a.hessian, before) and a.n_samples == 10
 
 
 def test_capture_hooks_record_linear_inputs():
