@@ -65,12 +65,6 @@ def estimate_sketch(model, name: str, bits: int, groups_per_row: int, targets=No
     )
 
 
-def estimate_for_spec(spec: str, bits: int, groups_per_row: int, targets=None, ignore=None) -> SketchEstimate:
-    from .models import load_model_config, meta_model
-
-    return estimate_sketch(meta_model(load_model_config(spec)), spec, bits, groups_per_row, targets, ignore)
-
-
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1000:

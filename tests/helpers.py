@@ -106,3 +106,11 @@ def hook_env(spec: str, rank: int | None = None, pid: int | None = None) -> dict
     if pid is not None:
         env["SKETCHTUNE_TEST_HOOK_PID"] = str(pid)
     return env
+
+
+def estimate_for_spec(spec: str, bits: int, groups_per_row: int):
+    """The sketch estimate `inspect --estimate` makes for a model spec: its config on the meta device."""
+    from sketchtune_cli.estimate import estimate_sketch
+    from sketchtune_cli.models import load_model_config, meta_model
+
+    return estimate_sketch(meta_model(load_model_config(spec)), spec, bits, groups_per_row)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from helpers import run_cli
+from helpers import estimate_for_spec, run_cli
 
-from sketchtune_cli.estimate import DISTILL_GPU_BYTES, distill_memory_plan, estimate_for_spec
+from sketchtune_cli.estimate import DISTILL_GPU_BYTES, distill_memory_plan
 from sketchtune_cli.models import load_model_config
 
 # Llama-3-8B: 32 blocks, hidden 4096, MLP 14336, 8 KV heads of 128, vocabulary 128256, untied head.

@@ -4,8 +4,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from helpers import estimate_for_spec
+
 from sketchtune_cli.cli import app
-from sketchtune_cli.estimate import estimate_for_spec
 
 # Independent reference: rows of the 7 projections per block (hidden*2 + kv*2 + inter*2 + hidden) from the
 # models' published shapes, times layers.
