@@ -104,14 +104,6 @@ def _merge_histories(hist):
     return [torch.cat([h[min(i, len(h) - 1)] for h in hist]) for i in range(steps)]
 
 
-def objective(x: torch.Tensor, weight: torch.Tensor | None, centroids: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of squared distances to the nearest centroid, per problem (float64). Direct O(n k)
-    computation, independent of the prefix-sum machinery (used by tests and diagnostics)."""
-    d2 = (x.double().unsqueeze(-1) - centroids.double().unsqueeze(-2)).square().amin(-1)
-    w = torch.ones((), device=x.device, dtype=torch.float64) if weight is None else weight.double()
-    return (w * d2).sum(-1)
-
-
 def _kmeans_flat(x, w, k, iters, init, gen, local_trials, tol, track, restarts):
     """One chunk: ``x``, ``w`` [B, n] -> (centroids [B, k], objective [B], objective history, iterations,
     converged). The sort and prefix sums are shared by all restarts."""

@@ -3,7 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from sketchtune_cli.compress.kmeans import objective, weighted_kmeans_1d
+from sketchtune_cli.compress.kmeans import weighted_kmeans_1d
+
+
+def objective(x: torch.Tensor, weight: torch.Tensor | None, centroids: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of squared distances to the nearest centroid, per problem (float64). Direct O(n k)
+    computation, independent of the module's prefix-sum machinery."""
+    d2 = (x.double().unsqueeze(-1) - centroids.double().unsqueeze(-2)).square().amin(-1)
+    w = torch.ones((), device=x.device, dtype=torch.float64) if weight is None else weight.double()
+    return (w * d2).sum(-1)
 
 
 def _skewed_problem(seed, batch=6, n=300):
