@@ -54,12 +54,16 @@ GPU_DECODE = (64, 64, 4, 2)
 
 
 def _decode_launch(tokens: int, rows: int, cols: int, sms: int, cfg=None) -> tuple[int, int, int, int, int]:
-    """(BLOCK_T, BLOCK_R, BLOCK_K, splits, num_warps) for ``tokens <= 16`` from ``cfg`` (default GPU_DECODE):
-    K is split until about ``per_sm * sms`` programs run, keeping at least 4 BLOCK_K steps per split."""
+    """(BLOCK_T, BLOCK_R, BLOCK_K, splits, num_warps) for ``tokens <= 16`` from ``cfg`` (default GPU_DECODE),
+    K split to aim at ``per_sm * sms`` programs."""
     block_r, block_k, warps, per_sm = cfg or GPU_DECODE
-    programs = triton.cdiv(tokens, 16) * triton.cdiv(rows, block_r)
-    splits = max(1, min(triton.cdiv(cols, 4 * block_k), triton.cdiv(per_sm * sms, programs)))
-    return 16, block_r, block_k, splits, warps
+    return 16, block_r, block_k, _splits(tokens, rows, cols, 16, block_r, block_k, per_sm * sms), warps
+
+
+def _splits(tokens: int, rows: int, cols: int, block_t: int, block_r: int, block_k: int, target: int) -> int:
+    """How many ways to split K: until about ``target`` programs run, at least 4 BLOCK_K steps per split."""
+    programs = triton.cdiv(tokens, block_t) * triton.cdiv(rows, block_r)
+    return max(1, min(triton.cdiv(cols, 4 * block_k), triton.cdiv(target, programs)))
 
 
 def _config(tokens: int, rows: int, cols: int, device) -> tuple[int, int, int, int, int]:
@@ -70,10 +74,7 @@ def _config(tokens: int, rows: int, cols: int, device) -> tuple[int, int, int, i
     if tokens <= 16:
         return _decode_launch(tokens, rows, cols, sms)
     block_t = 32 if tokens <= 32 else 64
-    block_r, block_k = 64, 64
-    programs = triton.cdiv(tokens, block_t) * triton.cdiv(rows, block_r)
-    splits = max(1, min(triton.cdiv(cols, 4 * block_k), triton.cdiv(2 * sms, programs)))
-    return block_t, block_r, block_k, splits, 4
+    return block_t, 64, 64, _splits(tokens, rows, cols, block_t, 64, 64, 2 * sms), 4
 
 
 def lut_matmul_triton(x: torch.Tensor, lut: torch.Tensor, codes: torch.Tensor, bits: int, in_features: int,
