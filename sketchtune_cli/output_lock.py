@@ -45,6 +45,12 @@ class Holder:
         return cls(pid=os.getpid(), host=socket.gethostname(), process_start=_process_start(os.getpid()),
                    started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), job=_job_id())
 
+    @classmethod
+    def parse(cls, text: str) -> "Holder":
+        """A lock file's record (missing fields None)."""
+        data = json.loads(text)
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+
     def describe(self) -> str:
         return f"pid {self.pid} on host {self.host} (since {self.started})"
 
@@ -84,8 +90,7 @@ def read_holder(partial: Path) -> Holder | None:
     error: guessing could let two runs write one output."""
     path = lock_path(partial)
     try:
-        data = json.loads(path.read_text())
-        return Holder(**{k: data.get(k) for k in Holder.__dataclass_fields__})
+        return Holder.parse(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError) as e:
@@ -175,8 +180,7 @@ def _remove_stale(path: Path, judged: Holder | None) -> None:
     except FileNotFoundError:
         return
     try:
-        data = json.loads(aside.read_text())
-        same = Holder(**{k: data.get(k) for k in Holder.__dataclass_fields__}) == judged
+        same = Holder.parse(aside.read_text()) == judged
     except (OSError, ValueError, TypeError):
         same = False
     if not same:  # someone took it over between our read and the move: hand it back
